@@ -1,0 +1,346 @@
+"""Shared fixtures: ec2 loaded as a module, a recording ssh, and a real host.
+
+The real host is an OpenSSH server in a network namespace made for the test
+run, reached over a veth pair: a second machine as far as ssh, tmux and
+port forwards can tell. A person's terminal is a tmux pane on a private
+socket, typed into with send-keys and read with capture-pane.
+"""
+
+import importlib.machinery
+import importlib.util
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EC2 = ROOT / "ec2"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# The loader would write ec2cpython-311.pyc beside the script.
+sys.dont_write_bytecode = True
+
+
+def load_ec2():
+    """Import the extensionless script as the module `ec2`."""
+    loader = importlib.machinery.SourceFileLoader("ec2", str(EC2))
+    spec = importlib.util.spec_from_loader("ec2", loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ec2"] = module
+    loader.exec_module(module)
+    return module
+
+
+ec2 = load_ec2()
+
+
+def skip_or_fail(reason):
+    """Skip on a laptop without the tools; under CI a skip would hide a hole."""
+    if IN_CI:
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+def wait_until(check, timeout=15.0, what="condition"):
+    """Poll check() until it returns something truthy; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def stop_pid(pid, timeout=5.0):
+    """Stop one process by its pid: TERM, then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                # Reap it if it is our child; else see whether it still exists.
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return
+            except ChildProcessError:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.05)
+
+
+def free_port():
+    """A port that is free on this machine's loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def clean_env(tmp_path, monkeypatch):
+    """No EC2_* variables, and a config directory of the test's own."""
+    monkeypatch.delenv("EC2_HOST", raising=False)
+    monkeypatch.delenv("EC2_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    return tmp_path
+
+
+# --- the recording ssh -------------------------------------------------------
+
+RECORDING_SSH = """#!/bin/sh
+# Records its argv, NUL-separated, then behaves as told by the environment.
+printf '%s\\0' "$0" "$@" > "$EC2_TEST_RECORD"
+[ -n "$EC2_TEST_SSH_STDOUT" ] && printf '%s\\n' "$EC2_TEST_SSH_STDOUT"
+exit "${EC2_TEST_SSH_STATUS:-0}"
+"""
+
+
+class Recorder:
+    """Runs the real ec2 in a subprocess with a recording ssh first on PATH."""
+
+    def __init__(self, tmp_path):
+        self.bin = tmp_path / "bin"
+        self.bin.mkdir()
+        ssh = self.bin / "ssh"
+        ssh.write_text(RECORDING_SSH)
+        ssh.chmod(0o755)
+        self.record = tmp_path / "ssh-argv"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("EC2_")}
+        self.env.update(
+            PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+            EC2_TEST_RECORD=str(self.record),
+        )
+
+    def run(self, *args, env=None, stdin=subprocess.DEVNULL):
+        if self.record.exists():
+            self.record.unlink()
+        return subprocess.run(
+            [sys.executable, str(EC2), *args], env={**self.env, **(env or {})},
+            stdin=stdin, capture_output=True, text=True, timeout=30,
+        )
+
+    def argv(self):
+        """What the recording ssh was called with, or None if it was not."""
+        if not self.record.exists():
+            return None
+        words = self.record.read_bytes().split(b"\0")[:-1]
+        return [Path(words[0].decode()).name] + [w.decode() for w in words[1:]]
+
+
+@pytest.fixture
+def recorder(tmp_path):
+    return Recorder(tmp_path)
+
+
+# --- a real host: sshd in a network namespace ----------------------------------
+
+
+def run(*argv, **kwargs):
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+
+
+class Host:
+    """An OpenSSH server in a network namespace of its own, at `address`.
+
+    ssh reaches it as Host `instance` through the client config `ssh_config`
+    (pass it to ec2 as `-- -F PATH`). Remote tmux servers keep their sockets
+    under `tmux_dir`, not in the machine's /tmp.
+    """
+
+    def __init__(self, base):
+        self.base = base
+        tag = os.getpid() % 100000
+        self.ns = f"ec2t{tag}"
+        self.veth = (f"ec2h{tag}", f"ec2n{tag}")
+        subnet = 10 + tag % 200
+        # The namespace's own addresses, reachable only over its veth pair.
+        self.local_address, self.address = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+        self.tmux_dir = base / "remote-tmux"
+        self.tmux_dir.mkdir(mode=0o700)
+        self.ssh_config = base / "ssh_config"
+        self.pids = []  # processes started in the namespace, stopped by pid
+
+    def start(self):
+        for name in ("host_key", "user_key"):
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.base / name))
+        (self.base / "authorized_keys").write_text((self.base / "user_key.pub").read_text())
+        user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        host_pub = (self.base / "host_key.pub").read_text().split()
+        (self.base / "known_hosts").write_text(f"{self.address} {host_pub[0]} {host_pub[1]}\n")
+        (self.base / "sshd_config").write_text(f"""\
+ListenAddress {self.address}:22
+HostKey {self.base}/host_key
+AuthorizedKeysFile {self.base}/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PrintMotd no
+PrintLastLog no
+SetEnv TMUX_TMPDIR={self.tmux_dir}
+""")
+        self.ssh_config.write_text(f"""\
+Host instance
+  HostName {self.address}
+  User {user}
+  IdentityFile {self.base}/user_key
+  IdentitiesOnly yes
+  UserKnownHostsFile {self.base}/known_hosts
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+""")
+        run("ip", "netns", "add", self.ns)
+        here, there = self.veth
+        run("ip", "link", "add", here, "type", "veth", "peer", "name", there)
+        run("ip", "link", "set", there, "netns", self.ns)
+        run("ip", "addr", "add", f"{self.local_address}/30", "dev", here)
+        run("ip", "link", "set", here, "up")
+        self.netns("ip", "addr", "add", f"{self.address}/30", "dev", there)
+        self.netns("ip", "link", "set", there, "up")
+        self.netns("ip", "link", "set", "lo", "up")
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation dir
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        log = open(self.base / "sshd.log", "w")
+        # `ip netns exec` execs sshd, so this pid is sshd's own.
+        self.sshd = self.spawn(sshd, "-D", "-e", "-f", str(self.base / "sshd_config"),
+                               stdout=log, stderr=log)
+        wait_until(self.accepting, what=f"sshd on {self.address}:22 (see {log.name})")
+
+    def netns(self, *argv):
+        return run("ip", "netns", "exec", self.ns, *argv)
+
+    def spawn(self, *argv, **kwargs):
+        """Start a process inside the namespace; stop() stops it by its pid."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *argv], **kwargs)
+        self.pids.append(proc.pid)
+        return proc
+
+    def accepting(self):
+        if self.sshd.poll() is not None:
+            raise AssertionError(f"sshd exited: {(self.base / 'sshd.log').read_text()}")
+        try:
+            socket.create_connection((self.address, 22), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def tmux(self, *args):
+        """Run tmux against the instance's default server, as its user would."""
+        env = {**os.environ, "TMUX_TMPDIR": str(self.tmux_dir)}
+        env.pop("TMUX", None)
+        return subprocess.run(["tmux", *args], env=env, capture_output=True, text=True)
+
+    def sessions(self):
+        done = self.tmux("list-sessions", "-F", "#{session_name}")
+        return done.stdout.split() if done.returncode == 0 else []
+
+    def stop_tmux(self):
+        """Stop the instance's tmux server, found by its pid."""
+        done = self.tmux("display-message", "-p", "#{pid}")
+        if done.returncode == 0 and done.stdout.strip().isdigit():
+            stop_pid(int(done.stdout))
+
+    def stop(self):
+        self.stop_tmux()
+        for pid in reversed(self.pids):
+            stop_pid(pid)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.veth[0]], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory):
+    missing = [t for t in ("ip", "ssh", "ssh-keygen", "tmux") if not shutil.which(t)]
+    if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
+        missing.append("sshd")
+    if missing:
+        skip_or_fail(f"end-to-end tests need {', '.join(missing)} (apt-get install openssh-server tmux iproute2)")
+    if os.geteuid() != 0:
+        skip_or_fail("end-to-end tests make a network namespace, which needs root")
+    h = Host(tmp_path_factory.mktemp("host"))
+    try:
+        h.start()
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture
+def fresh_host(host):
+    """The host, with no tmux server left over from an earlier test."""
+    host.stop_tmux()
+    yield host
+    host.stop_tmux()
+
+
+# --- a person's terminal: a tmux pane on a private socket ----------------------
+
+
+class Terminal:
+    """A shell in a tmux pane on a private socket, driven like a person would."""
+
+    def __init__(self, base, env):
+        self.socket = str(base / "terminal.sock")
+        self.env = env
+        shell = shlex.join(["env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                            "bash", "--norc", "--noprofile"])
+        self.tmux("new-session", "-d", "-x", "200", "-y", "50", "-s", "term", shell)
+        self.pid = int(self.tmux("display-message", "-p", "#{pid}").stdout)
+        self.type("PS1='$ '")
+
+    def tmux(self, *args):
+        env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+        return run("tmux", "-S", self.socket, "-f", "/dev/null", *args, env=env)
+
+    def type(self, text, enter=True):
+        self.tmux("send-keys", "-t", "term", "-l", text)
+        if enter:
+            self.tmux("send-keys", "-t", "term", "Enter")
+
+    def keys(self, *keys):
+        self.tmux("send-keys", "-t", "term", *keys)
+
+    def screen(self):
+        """What the pane shows now, joined wrapped lines, with its history."""
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", "term").stdout
+
+    def wait_for(self, text, timeout=15.0):
+        return wait_until(lambda: text in self.screen(), timeout,
+                          what=f"{text!r} on screen:\n{self.screen()}")
+
+    def close(self):
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
+        stop_pid(self.pid)
+
+
+@pytest.fixture
+def terminal(tmp_path):
+    if not shutil.which("tmux"):
+        skip_or_fail("the terminal tests need tmux (apt-get install tmux)")
+    env = {
+        "PATH": f"{ROOT}{os.pathsep}{os.environ['PATH']}",
+        "HOME": os.environ.get("HOME", "/root"),
+        "TERM": "screen-256color",
+        "LANG": "C.UTF-8",
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+    }
+    t = Terminal(tmp_path, env)
+    yield t
+    t.close()

@@ -1,0 +1,145 @@
+"""The real script in a subprocess, with a recording ssh first on PATH."""
+
+import os
+import pty
+import shlex
+import sys
+
+import pytest
+
+from conftest import EC2, free_port
+
+
+def with_terminal(recorder, *args, **kwargs):
+    """Run ec2 with a pseudo-terminal as stdin, as from a person's shell."""
+    controller, terminal = pty.openpty()
+    try:
+        return recorder.run(*args, stdin=terminal, **kwargs)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+
+
+@pytest.mark.parametrize("args", [
+    ["-H", "ubuntu@box"],
+    ["work", "-H", "box"],
+    ["new_sesh", "-j", "--jupyter-port", "{port}", "-H", "box"],
+    ["-j", "--jupyter-port", "{port}", "-H", "box", "-L", "{port2}:9000"],
+    ["données", "-H", "box", "--", "-A", "-o", "ServerAliveInterval=5"],
+    ["work", "-H", "box", "--", "-o", "ProxyCommand=sh -c 'echo %h; nc %h %p'"],
+])
+def test_exec_is_exactly_what_dry_run_prints(recorder, args):
+    args = [a.format(port=free_port(), port2=free_port()) for a in args]
+    dry = recorder.run("--dry-run", *args)
+    assert dry.returncode == 0, dry.stderr
+    assert recorder.argv() is None  # a dry run connects to nothing
+    assert dry.stdout.count("\n") == 1
+    real = with_terminal(recorder, *args)
+    assert real.returncode == 0, real.stderr
+    assert recorder.argv() == shlex.split(dry.stdout)
+
+
+def test_ssh_exit_status_becomes_ec2s(recorder):
+    done = recorder.run("-H", "box", env={"EC2_TEST_SSH_STATUS": "42"})
+    assert done.returncode == 42 and recorder.argv() == ["ssh", "box"]
+
+
+def test_ssh_not_found_exits_127(recorder, tmp_path):
+    done = recorder.run("-H", "box", env={"PATH": str(tmp_path / "empty")})
+    assert done.returncode == 127
+    assert done.stderr.startswith("ec2: ssh not found") and "Traceback" not in done.stderr
+
+
+def test_output_is_flushed_before_the_exec(recorder, tmp_path):
+    # Through a pipe stdout is block-buffered: unflushed text would be lost
+    # when the process becomes ssh.
+    port = free_port()
+    done = recorder.run("-j", "--jupyter-port", str(port), "-H", "box")
+    assert f"Jupyter: http://localhost:{port} -> instance port {port}" in done.stderr
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["a;rm -rf ~", "-H", "box"], 2, "invalid session name"),
+    (["--host=-oProxyCommand=x"], 2, "invalid host"),
+    ([], 2, "no host given; name one with -H HOST, set EC2_HOST=HOST"),
+    (["-L", "abc", "-H", "box"], 2, "invalid forward 'abc'"),
+    (["--jupyter-port", "0", "-H", "box"], 2, "'0' is not a port"),
+    (["--config", "/nonexistent/ec2.ini", "-H", "box"], 1, "config file /nonexistent/ec2.ini not found"),
+    (["-i", "/nonexistent/key.pem", "-H", "box"], 1, "identity file /nonexistent/key.pem not found"),
+    (["--dry-run", "--list", "-H", "box"], 2, "not allowed with argument"),
+    (["--nonsense"], 2, "unrecognized arguments"),
+])
+def test_errors_are_one_line_and_run_no_ssh(recorder, args, status, message):
+    done = recorder.run(*args)
+    assert done.returncode == status
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("ec2: ")
+    assert recorder.argv() is None
+
+
+def test_session_needs_a_terminal(recorder):
+    done = recorder.run("work", "-H", "box")  # stdin is /dev/null
+    assert done.returncode == 1 and recorder.argv() is None
+    assert done.stderr == ("ec2: tmux session 'work' needs a terminal, and stdin is not one;"
+                           " run ec2 from a terminal, or leave out SESSION for plain ssh\n")
+
+
+def test_taken_forward_port_is_refused(recorder):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = recorder.run("-L", str(port), "-H", "box")
+    assert done.returncode == 1 and recorder.argv() is None
+    assert f"local port {port} is already in use" in done.stderr
+
+
+def test_bad_config_names_file_and_key(recorder, tmp_path):
+    config = tmp_path / "bad.ini"
+    config.write_text("[gpu]\nhost = box\njupyter_port = eighty\n")
+    done = recorder.run("--config", str(config), "-H", "gpu")
+    assert done.returncode == 1
+    assert done.stderr == f"ec2: {config}: [gpu] jupyter_port: 'eighty' is not a port (1-65535)\n"
+
+
+def test_list_prints_the_sessions_in_one_round_trip(recorder):
+    done = recorder.run("--list", "-H", "box",
+                        env={"EC2_TEST_SSH_STDOUT": "work: 1 windows (created Wed Nov 25)"})
+    assert done.returncode == 0 and done.stdout == "work: 1 windows (created Wed Nov 25)\n"
+    assert recorder.argv() == ["ssh", "box", "tmux", "list-sessions", "2>&1"]
+
+
+@pytest.mark.parametrize("tmux_says", [
+    "no server running on /tmp/tmux-1000/default",
+    "error connecting to /tmp/tmux-1000/default (No such file or directory)",
+])
+def test_list_says_no_sessions_instead_of_tmuxs_error(recorder, tmux_says):
+    done = recorder.run("--list", "-H", "box",
+                        env={"EC2_TEST_SSH_STDOUT": tmux_says, "EC2_TEST_SSH_STATUS": "1"})
+    assert (done.returncode, done.stdout) == (0, "no sessions on box\n")
+
+
+def test_list_without_tmux_on_the_instance(recorder):
+    done = recorder.run("--list", "-H", "box",
+                        env={"EC2_TEST_SSH_STDOUT": "sh: 1: tmux: not found", "EC2_TEST_SSH_STATUS": "127"})
+    assert done.returncode == 1 and "tmux is not installed on box" in done.stderr
+
+
+def test_list_passes_an_ssh_failure_through(recorder):
+    done = recorder.run("--list", "-H", "box", env={"EC2_TEST_SSH_STATUS": "255"})
+    assert done.returncode == 255
+
+
+def test_runs_when_copied_alone(recorder, tmp_path):
+    lone = tmp_path / "home-bin"
+    lone.mkdir()
+    copy = lone / "ec2"
+    copy.write_bytes(EC2.read_bytes())
+    copy.chmod(0o755)
+    import subprocess
+
+    done = subprocess.run([str(copy), "--version"], capture_output=True, text=True,
+                          env={**recorder.env, "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stdout.startswith("ec2 ")

@@ -1,0 +1,284 @@
+"""main(argv) with os.execvp replaced by a recorder: what ec2 decides to run."""
+
+import socket
+import sys
+
+import pytest
+
+from conftest import ec2, free_port
+
+
+class Exec(BaseException):
+    """Raised by the fake execvp: like the real one, it does not return."""
+
+
+class TTY:
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def ec2_run(clean_env, monkeypatch, capsys):
+    """Call ec2.main(argv); return (status, exec'd argv or None, stdout, stderr)."""
+
+    def call(*argv, tty=True):
+        execs = []
+
+        def execvp(file, args):
+            execs.append(list(args))
+            raise Exec
+
+        monkeypatch.setattr(ec2.os, "execvp", execvp)
+        if tty:
+            monkeypatch.setattr(sys, "stdin", TTY())
+        try:
+            status = ec2.main(list(argv))
+        except Exec:
+            status = "exec"
+        except SystemExit as e:
+            status = e.code
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return status, (execs[0] if execs else None), out, err
+
+    return call
+
+
+def write_config(clean_env, text):
+    path = clean_env / "xdg" / "ec2" / "config"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_plain_ssh(ec2_run):
+    assert ec2_run("-H", "ubuntu@box")[:2] == ("exec", ["ssh", "ubuntu@box"])
+
+
+def test_session_creates_or_attaches_with_a_terminal(ec2_run):
+    status, argv, _, _ = ec2_run("work", "-H", "box")
+    assert argv == ["ssh", "-t", "box", "tmux", "-2", "new-session", "-A", "-s", "work"]
+
+
+def test_jupyter_forward_with_exit_on_failure(ec2_run):
+    port = free_port()
+    status, argv, _, err = ec2_run("-j", "--jupyter-port", str(port), "-H", "box")
+    assert argv == ["ssh", "-L", f"{port}:localhost:{port}", "-o", "ExitOnForwardFailure=yes", "box"]
+    assert f"Jupyter: http://localhost:{port} -> instance port {port}" in err
+
+
+def test_default_jupyter_port_is_8888(ec2_run, monkeypatch):
+    monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: True)
+    _, argv, _, _ = ec2_run("new_sesh", "-j", "-H", "box")
+    assert argv[:3] == ["ssh", "-L", "8888:localhost:8888"]
+    assert argv[-6:] == ["tmux", "-2", "new-session", "-A", "-s", "new_sesh"]
+
+
+@pytest.mark.parametrize("family, address", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_taken_jupyter_port_moves_to_the_next_free_one(ec2_run, family, address):
+    with socket.socket(family) as held:
+        held.bind((address, 0))
+        held.listen()
+        port = held.getsockname()[1]
+        status, argv, _, err = ec2_run("-j", "--jupyter-port", str(port), "-H", "box")
+    local = int(argv[2].split(":")[0])
+    assert local > port and argv[2] == f"{local}:localhost:{port}"
+    assert f"Jupyter: http://localhost:{local} -> instance port {port} ({port} is in use here)" in err
+
+
+def test_taken_explicit_forward_is_refused_naming_the_port(ec2_run):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        status, argv, _, err = ec2_run("-L", str(port), "-H", "box")
+    assert (status, argv) == (1, None)
+    assert f"ec2: local port {port} is already in use" in err
+
+
+def test_jupyter_skips_a_port_an_explicit_forward_claims(ec2_run):
+    port = free_port()
+    _, argv, _, _ = ec2_run("-j", "--jupyter-port", str(port), "-L", str(port), "-H", "box")
+    assert argv[1:5] == ["-L", f"{port}:localhost:{port}", "-L", f"{port + 1}:localhost:{port}"]
+
+
+def test_same_local_port_twice_is_refused(ec2_run):
+    port = free_port()
+    status, _, _, err = ec2_run("-L", str(port), "-L", f"{port}:9", "-H", "box")
+    assert status == 1 and f"local port {port} is forwarded twice" in err
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("6006", "6006:localhost:6006"),
+    ("9000:9001", "9000:localhost:9001"),
+    ("9000:db:5432", "9000:db:5432"),
+    ("127.0.0.1:9000:db:5432", "127.0.0.1:9000:db:5432"),
+    ("[::1]:9000:[fe80::1]:5432", "[::1]:9000:[fe80::1]:5432"),
+])
+def test_forward_forms(spec, expected):
+    assert ec2.forward_spec(spec)[0] == expected
+
+
+@pytest.mark.parametrize("spec", ["0", "70000", "x", "1:2:3:4:5", "/tmp/sock:host:1", "9000::80", ""])
+def test_bad_forward_is_a_usage_error(ec2_run, spec):
+    status, argv, _, err = ec2_run("-L", spec, "-H", "box")
+    assert (status, argv) == (2, None)
+    assert "invalid forward" in err and "PORT, LOCAL:REMOTE" in err
+
+
+@pytest.mark.parametrize("name", ["a;b", "a b", "$0", "#(id)", "a.b", "a:b", "x" * 65, "`id`", "é\u0301", "a\nb"])
+def test_unsafe_session_names_are_refused(ec2_run, name):
+    status, argv, _, err = ec2_run(name, "-H", "box")
+    assert (status, argv) == (2, None)
+    assert "use 1-64 letters, digits, '_' or '-', not starting with '-'" in err
+
+
+@pytest.mark.parametrize("name", ["work", "new_sesh2", "a-b", "données", "実験", "x" * 64])
+def test_safe_session_names_are_taken(ec2_run, name):
+    _, argv, _, _ = ec2_run(name, "-H", "box")
+    assert argv[-1] in (name, f"'{name}'")
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=touch x", " box", ""])
+def test_destination_that_ssh_would_misread_is_refused(ec2_run, host):
+    status, argv, _, err = ec2_run(f"--host={host}")
+    assert (status, argv) == (2, None) and "invalid host" in err
+
+
+def test_session_without_a_terminal_is_refused(ec2_run):
+    status, argv, _, err = ec2_run("work", "-H", "box", tty=False)
+    assert (status, argv) == (1, None)
+    assert "needs a terminal" in err and "stdin is not one" in err
+
+
+def test_no_host_names_the_three_ways(ec2_run):
+    status, argv, _, err = ec2_run()
+    assert (status, argv) == (2, None)
+    assert "-H HOST" in err and "EC2_HOST" in err and "[default]" in err
+
+
+def test_ssh_args_after_double_dash_come_first(ec2_run):
+    _, argv, _, _ = ec2_run("work", "-H", "box", "--", "-A", "-o", "ServerAliveInterval=5")
+    assert argv[:4] == ["ssh", "-A", "-o", "ServerAliveInterval=5"]
+
+
+def test_dry_run_prints_one_quoted_line_and_execs_nothing(ec2_run):
+    status, argv, out, _ = ec2_run("--dry-run", "work", "-H", "box", tty=False)
+    assert (status, argv) == (0, None)
+    assert out == "ssh -t box tmux -2 new-session -A -s work\n"
+
+
+def test_version(ec2_run):
+    status, _, out, _ = ec2_run("--version")
+    assert status == 0 and out == f"ec2 {ec2.__version__}\n"
+
+
+def test_help_teaches_with_examples(ec2_run):
+    status, _, out, _ = ec2_run("--help")
+    assert status == 0
+    for text in ("ec2 work -j", "ec2 -j", "--dry-run", "[default]", "jupyter_port", "default: 8888"[:8]):
+        assert text in out
+
+
+def test_list_refuses_session_and_forwards(ec2_run):
+    status, _, _, err = ec2_run("--list", "work", "-H", "box")
+    assert status == 2 and "--list takes no SESSION" in err
+
+
+def test_ssh_not_found_exits_127(ec2_run, monkeypatch):
+    def missing(file, args):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(ec2.os, "execvp", missing)
+    assert ec2.main(["-H", "box"]) == 127
+
+
+# --- the config file ---------------------------------------------------------
+
+
+def test_default_profile(ec2_run, clean_env):
+    key = clean_env / "key.pem"
+    key.write_text("")
+    write_config(clean_env, f"[default]\nhost = ubuntu@box\nidentity = {key}\n")
+    _, argv, _, _ = ec2_run()
+    assert argv == ["ssh", "-i", str(key), "ubuntu@box"]
+
+
+def test_profile_by_name_with_every_key(ec2_run, clean_env, monkeypatch):
+    monkeypatch.setenv("HOME", str(clean_env))
+    (clean_env / "gpu.pem").write_text("")
+    write_config(clean_env, """\
+[gpu]
+host = gpu-box
+user = ubuntu
+identity = ~/gpu.pem
+jupyter_port = 8889
+forward = 6006 9000:9001
+ssh_options = -o ServerAliveInterval=60 -o "ProxyCommand=nc %h %p"
+""")
+    monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: True)
+    _, argv, _, _ = ec2_run("-H", "gpu", "-j", "work")
+    assert argv == [
+        "ssh", "-o", "ServerAliveInterval=60", "-o", "ProxyCommand=nc %h %p",
+        "-i", str(clean_env / "gpu.pem"),
+        "-L", "6006:localhost:6006", "-L", "9000:localhost:9001", "-L", "8889:localhost:8889",
+        "-o", "ExitOnForwardFailure=yes", "-t", "ubuntu@gpu-box",
+        "tmux", "-2", "new-session", "-A", "-s", "work",
+    ]
+
+
+def test_command_line_beats_environment_beats_profile(ec2_run, clean_env, monkeypatch):
+    write_config(clean_env, "[default]\nhost = d-box\n[p]\nhost = p-box\njupyter_port = 7000\n")
+    monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: True)
+    monkeypatch.setenv("EC2_HOST", "p")
+    assert ec2_run()[1] == ["ssh", "p-box"]
+    assert ec2_run("-H", "other")[1] == ["ssh", "other"]
+    assert ec2_run("-j")[1][2] == "7000:localhost:7000"
+    assert ec2_run("-j", "--jupyter-port", "7100")[1][2] == "7100:localhost:7100"
+
+
+def test_ec2_config_variable_names_the_file(ec2_run, clean_env, monkeypatch):
+    path = clean_env / "elsewhere.ini"
+    path.write_text("[default]\nhost = there\n")
+    monkeypatch.setenv("EC2_CONFIG", str(path))
+    assert ec2_run()[1] == ["ssh", "there"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[p]\nhots = x\n", "[p] hots: unknown key; the keys are host, user"),
+    ("[p]\nhost = x\njupyter_port = 88x\n", "[p] jupyter_port: '88x' is not a port (1-65535)"),
+    ("[p]\nhost = x\nforward = 6006 99999\n", "[p] forward: invalid forward '99999'"),
+    ("[p]\nhost = x\nssh_options = -o 'unclosed\n", "[p] ssh_options: No closing quotation"),
+    ("[p]\nhost = -oProxyCommand=x\n", "[p] host: invalid host"),
+    ("host = x\n", "line 1: 'host = x' comes before any [profile] line"),
+    ("[p]\nhost = a\nhost = b\n", "line 3: [p] host is given twice"),
+    ("[p]\nhost = a\n[p]\n", "line 3: [p] is given twice"),
+    ("[p]\nhost = a\nnonsense\n", "line 3 is neither '[profile]' nor 'key = value'"),
+])
+def test_config_errors_name_the_file_and_the_key(ec2_run, clean_env, text, message):
+    path = write_config(clean_env, text)
+    status, argv, _, err = ec2_run("-H", "p")
+    assert (status, argv) == (1, None)
+    assert err.startswith(f"ec2: {path}") and message in err and err.count("\n") == 1
+
+
+def test_missing_explicit_config_is_an_error(ec2_run, clean_env):
+    status, _, _, err = ec2_run("--config", str(clean_env / "nope"), "-H", "box")
+    assert status == 1 and f"config file {clean_env / 'nope'} not found" in err
+
+
+def test_user_given_twice_is_an_error(ec2_run, clean_env):
+    write_config(clean_env, "[p]\nhost = a@box\nuser = b\n")
+    status, _, _, err = ec2_run("-H", "p")
+    assert status == 1 and "gives a user twice" in err
+
+
+def test_missing_identity_file_is_an_error(ec2_run, clean_env):
+    status, argv, _, err = ec2_run("-H", "box", "-i", str(clean_env / "nokey.pem"))
+    assert (status, argv) == (1, None) and "nokey.pem not found" in err
+
+
+def test_profile_without_host_is_an_error(ec2_run, clean_env):
+    write_config(clean_env, "[default]\nuser = ubuntu\n")
+    status, _, _, err = ec2_run()
+    assert status == 1 and "[default] has no 'host ='" in err
