@@ -247,9 +247,14 @@ Host instance
         env.pop("TMUX", None)
         return subprocess.run(["tmux", *args], env=env, capture_output=True, text=True)
 
-    def sessions(self):
-        done = self.tmux("list-sessions", "-F", "#{session_name}")
-        return done.stdout.split() if done.returncode == 0 else []
+    def sessions(self, attached=False):
+        """The names of the instance's tmux sessions, with attached counts if asked."""
+        form = "#{session_name}\t#{session_attached}" if attached else "#{session_name}"
+        done = self.tmux("list-sessions", "-F", form)
+        if done.returncode:
+            return []
+        lines = done.stdout.splitlines()
+        return [tuple(line.split("\t")) for line in lines] if attached else lines
 
     def stop_tmux(self):
         """Stop the instance's tmux server, found by its pid."""
@@ -271,7 +276,8 @@ def host(tmp_path_factory):
     if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
         missing.append("sshd")
     if missing:
-        skip_or_fail(f"end-to-end tests need {', '.join(missing)} (apt-get install openssh-server tmux iproute2)")
+        skip_or_fail(f"end-to-end tests need {', '.join(missing)}"
+                     " (apt-get install openssh-server tmux iproute2)")
     if os.geteuid() != 0:
         skip_or_fail("end-to-end tests make a network namespace, which needs root")
     h = Host(tmp_path_factory.mktemp("host"))
@@ -320,6 +326,18 @@ class Terminal:
     def screen(self):
         """What the pane shows now, joined wrapped lines, with its history."""
         return self.tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", "term").stdout
+
+    def hidden_screen(self):
+        """The normal screen a full-screen program (like tmux) is painted over."""
+        return self.tmux("capture-pane", "-p", "-J", "-a", "-t", "term").stdout
+
+    def foreground(self):
+        """The name of the program in the foreground of the pane."""
+        return self.tmux("display-message", "-p", "-t", "term", "#{pane_current_command}").stdout.strip()
+
+    def wait_for_foreground(self, name):
+        wait_until(lambda: self.foreground() == name, what=f"{name} in the foreground,"
+                   f" not {self.foreground()}:\n{self.screen()}")
 
     def wait_for(self, text, timeout=15.0):
         return wait_until(lambda: text in self.screen(), timeout,

@@ -3,7 +3,8 @@
 import shlex
 import sys
 
-from hypothesis import assume, example, given, settings, strategies as st
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 from conftest import ec2
 

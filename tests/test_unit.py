@@ -126,7 +126,8 @@ def test_bad_forward_is_a_usage_error(ec2_run, spec):
     assert "invalid forward" in err and "PORT, LOCAL:REMOTE" in err
 
 
-@pytest.mark.parametrize("name", ["a;b", "a b", "$0", "#(id)", "a.b", "a:b", "x" * 65, "`id`", "é\u0301", "a\nb"])
+@pytest.mark.parametrize("name", ["a;b", "a b", "$0", "#(id)", "a.b", "a:b", "x" * 65, "`id`",
+                                  "é\u0301", "a\nb"])
 def test_unsafe_session_names_are_refused(ec2_run, name):
     status, argv, _, err = ec2_run(name, "-H", "box")
     assert (status, argv) == (2, None)
