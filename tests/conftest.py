@@ -88,6 +88,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """ec2's forward records go to a directory of the test run, not ~/.cache."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture
 def clean_env(tmp_path, monkeypatch):
     """No EC2_* variables, and a config directory of the test's own."""
@@ -171,6 +183,10 @@ class Host:
         self.tmux_dir = base / "remote-tmux"
         self.tmux_dir.mkdir(mode=0o700)
         self.ssh_config = base / "ssh_config"
+        # Where the instance's Jupyter servers write their info files; ssh
+        # sends it, so a test can point a connection elsewhere with -o SetEnv.
+        self.jupyter_runtime = base / "jupyter-runtime"
+        self.jupyter_runtime.mkdir()
         self.pids = []  # processes started in the namespace, stopped by pid
 
     def start(self):
@@ -193,6 +209,7 @@ KbdInteractiveAuthentication no
 PrintMotd no
 PrintLastLog no
 SetEnv TMUX_TMPDIR={self.tmux_dir}
+AcceptEnv JUPYTER_RUNTIME_DIR
 """)
         self.ssh_config.write_text(f"""\
 Host instance
@@ -205,6 +222,7 @@ Host instance
   StrictHostKeyChecking yes
   BatchMode yes
   LogLevel ERROR
+  SetEnv JUPYTER_RUNTIME_DIR={self.jupyter_runtime}
 """)
         run("ip", "netns", "add", self.ns)
         here, there = self.veth
@@ -358,6 +376,7 @@ def terminal(tmp_path):
         "TERM": "screen-256color",
         "LANG": "C.UTF-8",
         "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+        "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"],
     }
     t = Terminal(tmp_path, env)
     yield t

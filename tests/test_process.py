@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import EC2, free_port
+from conftest import EC2, ec2, free_port
 
 
 def with_terminal(recorder, *args, **kwargs):
@@ -108,7 +108,7 @@ def test_list_prints_the_sessions_in_one_round_trip(recorder):
     done = recorder.run("--list", "-H", "box",
                         env={"EC2_TEST_SSH_STDOUT": "work: 1 windows (created Wed Nov 25)"})
     assert done.returncode == 0 and done.stdout == "work: 1 windows (created Wed Nov 25)\n"
-    assert recorder.argv() == ["ssh", "box", "tmux", "list-sessions", "2>&1"]
+    assert recorder.argv() == ["ssh", "box", "sh", "-c", "'tmux list-sessions 2>&1'"]
 
 
 @pytest.mark.parametrize("tmux_says", [
@@ -143,3 +143,50 @@ def test_runs_when_copied_alone(recorder, tmp_path):
     done = subprocess.run([str(copy), "--version"], capture_output=True, text=True,
                           env={**recorder.env, "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"})
     assert done.returncode == 0 and done.stdout.startswith("ec2 ")
+
+
+def jupyter_listing(*infos):
+    """What the instance prints for running servers with these info files."""
+    import json
+
+    return "".join(f"\n{ec2.JUPYTER_MARK} running /r/jpserver-{i}.json\n{json.dumps(info)}"
+                   for i, info in enumerate(infos))
+
+
+def test_urls_prints_a_line_for_each_server(recorder):
+    port = free_port()
+    info = {"base_url": "/", "hostname": "localhost", "port": port, "root_dir": "/srv", "token": "t0k"}
+    done = recorder.run("--urls", "-H", "box", env={"EC2_TEST_SSH_STDOUT": jupyter_listing(info)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"http://localhost:{port}/?token=t0k  instance port {port}  /srv"
+                           f"  (not forwarded; run: ec2 -H box --jupyter-port {port} -j)\n")
+    assert recorder.argv()[:4] == ["ssh", "box", "sh", "-c"]
+
+
+def test_urls_with_no_server(recorder):
+    done = recorder.run("--urls", "-H", "box")
+    assert (done.returncode, done.stderr) == (1, "ec2: no Jupyter server running on box\n")
+
+
+def test_urls_passes_an_ssh_failure_through(recorder):
+    done = recorder.run("--urls", "-H", "box", env={"EC2_TEST_SSH_STATUS": "255"})
+    assert done.returncode == 255 and done.stdout == ""
+
+
+def test_open_opens_the_first_url_in_the_browser(recorder, tmp_path):
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {tmp_path}/opened\n')
+    browser.chmod(0o755)
+    port = free_port()
+    info = {"base_url": "/nb/", "hostname": "localhost", "port": port, "root_dir": "/srv", "token": ""}
+    done = recorder.run("--open", "-H", "box",
+                        env={"EC2_TEST_SSH_STDOUT": jupyter_listing(info), "BROWSER": f"{browser} %s"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "opened").read_text() == f"http://localhost:{port}/nb/"
+
+
+@pytest.mark.parametrize("args", [["--urls", "-j"], ["--urls", "work"], ["--open", "--list"],
+                                  ["--open", "--dry-run"], ["--urls", "--list"]])
+def test_urls_refuses_what_it_cannot_use(recorder, args):
+    done = recorder.run(*args, "-H", "box")
+    assert done.returncode == 2 and recorder.argv() is None
