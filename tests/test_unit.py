@@ -238,6 +238,11 @@ def test_command_line_beats_environment_beats_profile(ec2_run, clean_env, monkey
     assert ec2_run("-j", "--jupyter-port", "7100")[1][2] == "7100:localhost:7100"
 
 
+def test_config_lines_may_end_in_a_comment(ec2_run, clean_env):
+    write_config(clean_env, "[default]\nhost = box   # the GPU box\n# a whole-line comment\n")
+    assert ec2_run()[1] == ["ssh", "box"]
+
+
 def test_ec2_config_variable_names_the_file(ec2_run, clean_env, monkeypatch):
     path = clean_env / "elsewhere.ini"
     path.write_text("[default]\nhost = there\n")
