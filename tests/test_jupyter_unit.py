@@ -141,7 +141,9 @@ def test_garbled_record_is_ignored(tmp_path):
 
 
 def suggest(options):
-    return ["ec2", "-H", "gpu", *options]
+    import shlex
+
+    return shlex.join(["ec2", "-H", "gpu", *options])
 
 
 def test_forwarded_server_gets_the_forwards_local_port(capsys):

@@ -251,7 +251,7 @@ def test_ec2_config_variable_names_the_file(ec2_run, clean_env, monkeypatch):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[p]\nhots = x\n", "[p] hots: unknown key; the keys are host, user"),
+    ("[p]\nhots = x\n", "[p] hots: unknown key; the keys are host, instance, user"),
     ("[p]\nhost = x\njupyter_port = 88x\n", "[p] jupyter_port: '88x' is not a port (1-65535)"),
     ("[p]\nhost = x\nforward = 6006 99999\n", "[p] forward: invalid forward '99999'"),
     ("[p]\nhost = x\nssh_options = -o 'unclosed\n", "[p] ssh_options: No closing quotation"),

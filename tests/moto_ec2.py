@@ -1,0 +1,43 @@
+"""moto's AWS emulator on 127.0.0.1, for the tests, with one addition.
+
+    python tests/moto_ec2.py PORT
+
+serves moto's AWS API on 127.0.0.1:PORT, as `moto_server` does, and prints
+"ready". moto moves an instance from stopped to running at once, but a real
+one passes through pending, stopping and shutting-down, and ec2 must handle
+those too. So a line "INSTANCE-ID STATE" on stdin puts that instance of
+us-east-1 in STATE; the answer is "ok", or "error: ..." on one line. The
+server stops when stdin closes.
+"""
+
+import sys
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.server import ThreadedMotoServer
+
+STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
+               "stopping": 64, "stopped": 80}
+
+
+def set_state(instance_id, state):
+    instance = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(instance_id)
+    instance._state.name = state
+    instance._state.code = STATE_CODES[state]
+
+
+def main():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
+    server.start()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        try:
+            set_state(*line.split())
+            print("ok", flush=True)
+        except Exception as e:  # the test reads the reason
+            print(f"error: {e!r}", flush=True)
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

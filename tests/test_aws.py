@@ -1,0 +1,293 @@
+"""EC2 instances by id or Name, through the real AWS CLI and moto's emulator.
+
+moto hands out public-looking addresses: no test connects to any of them.
+The ssh step is the recording ssh on PATH.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, skip_or_fail, stop_pid, wait_until
+
+MOTO = Path(__file__).with_name("moto_ec2.py")
+
+
+class Moto:
+    """moto on 127.0.0.1, and the environment that points the AWS CLI at it."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(MOTO), str(self.port)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout.readline() == "ready\n"
+        self.env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            # Never ask the instance metadata service (a link-local address)
+            # for credentials, and never read the developer's own AWS files.
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        }
+        self.image = self.aws("ec2", "describe-images")["Images"][0]["ImageId"]
+
+    def aws(self, *args):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        done = subprocess.run(["aws", *args, "--output", "json"], env={**env, **self.env},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout or "{}")
+
+    def launch(self, name, instance_type="t3.micro"):
+        """A new running instance with that Name tag; returns its id."""
+        tags = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}]
+        made = self.aws("ec2", "run-instances", "--image-id", self.image, "--instance-type",
+                        instance_type, "--tag-specifications", json.dumps(tags))
+        return made["Instances"][0]["InstanceId"]
+
+    def describe(self, instance_id):
+        found = self.aws("ec2", "describe-instances", "--instance-ids", instance_id)
+        return found["Reservations"][0]["Instances"][0]
+
+    def set_state(self, instance_id, state):
+        """Put the instance in a state moto's API never leaves it in."""
+        self.proc.stdin.write(f"{instance_id} {state}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "ok\n"
+
+    def stop(self):
+        self.proc.stdin.close()
+        stop_pid(self.proc.pid)
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        skip_or_fail("the EC2 tests need moto[server] (pip install 'moto[server]' awscli)")
+    if not shutil.which("aws"):
+        skip_or_fail("the EC2 tests need the AWS CLI (pip install awscli)")
+    m = Moto(tmp_path_factory.mktemp("aws"))
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def ec2(recorder, moto, tmp_path):
+    """Run the real ec2 with the recording ssh, the AWS CLI pointed at moto."""
+    for key in [k for k in recorder.env if k.startswith("AWS_")]:
+        del recorder.env[key]
+    recorder.env.update(moto.env)
+    config = tmp_path / "ec2.ini"
+    recorder.env["EC2_CONFIG"] = str(config)
+
+    def run(*args, profile="", env=None):
+        config.write_text(profile)
+        return recorder.run(*args, env=env)
+
+    run.recorder = recorder
+    return run
+
+
+def unique(name):
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def test_resolves_a_name_to_its_address_and_keeps_the_host_key_with_the_id(ec2, moto):
+    name = unique("gpu-box")
+    instance_id = moto.launch(name)
+    profile = f"[gpu]\ninstance = {name}\nuser = ubuntu\n"
+    dry = ec2("-H", "gpu", "work", "--dry-run", profile=profile)
+    assert dry.returncode == 0, dry.stderr
+    address = moto.describe(instance_id)["PublicDnsName"]
+    assert address.endswith(".amazonaws.com")
+    assert shlex.split(dry.stdout) == ["ssh", "-o", f"HostKeyAlias={instance_id}", "-t", f"ubuntu@{address}",
+                                       "tmux", "-2", "new-session", "-A", "-s", "work"]
+    assert ec2.recorder.argv() is None
+    done = ec2("-H", "gpu", profile=profile)
+    assert done.returncode == 0, done.stderr
+    assert ec2.recorder.argv() == ["ssh", "-o", f"HostKeyAlias={instance_id}", f"ubuntu@{address}"]
+
+
+def test_resolves_an_id_given_with_h_and_no_profile(ec2, moto):
+    instance_id = moto.launch(unique("by-id"))
+    address = moto.describe(instance_id)["PublicDnsName"]
+    assert ec2("-H", instance_id, "--dry-run").stdout == f"ssh -o HostKeyAlias={instance_id} {address}\n"
+    done = ec2("-H", f"ec2-user@{instance_id}", "--dry-run")
+    assert done.stdout == f"ssh -o HostKeyAlias={instance_id} ec2-user@{address}\n"
+
+
+@pytest.mark.parametrize("kind, field", [("public-ip", "PublicIpAddress"), ("private-ip", "PrivateIpAddress"),
+                                         ("public-dns", "PublicDnsName")])
+def test_address_kind(ec2, moto, kind, field):
+    instance_id = moto.launch(unique("addr"))
+    done = ec2("--dry-run", profile=f"[default]\ninstance = {instance_id}\naddress = {kind}\n")
+    assert done.stdout.split()[-1] == moto.describe(instance_id)[field]
+
+
+def test_stopped_instance_is_refused_with_the_command_that_starts_it(ec2, moto):
+    name = unique("gpu-box")
+    instance_id = moto.launch(name)
+    moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
+    done = ec2("-H", "gpu", "work", profile=f"[gpu]\ninstance = {name}\n")
+    assert done.returncode == 1 and ec2.recorder.argv() is None
+    assert done.stderr == f"ec2: instance {instance_id} ({name}) is stopped; `ec2 -H gpu --start` starts it\n"
+
+
+@pytest.mark.parametrize("state, message", [
+    ("pending", "is starting (pending); `ec2 --start` waits for it"),
+    ("stopping", "is stopping; once it has stopped, `ec2 --start` starts it again"),
+    ("shutting-down", "is shutting-down; it cannot be started again"),
+    ("terminated", "is terminated; it cannot be started again"),
+])
+def test_every_other_state_is_said(ec2, moto, state, message):
+    name = unique("box")
+    instance_id = moto.launch(name)
+    moto.set_state(instance_id, state)
+    done = ec2(profile=f"[default]\ninstance = {name}\n")
+    assert done.returncode == 1 and ec2.recorder.argv() is None
+    assert done.stderr == f"ec2: instance {instance_id} ({name}) {message}\n"
+
+
+def test_instance_not_found(ec2):
+    done = ec2(profile="[default]\ninstance = no-such-box\n")
+    assert (done.returncode, done.stderr) == (1, "ec2: no EC2 instance 'no-such-box' found\n")
+    done = ec2("-H", "i-0123456789abcdef0")
+    assert done.stderr == "ec2: no EC2 instance 'i-0123456789abcdef0' found\n"
+
+
+def test_ambiguous_name_lists_the_instances(ec2, moto):
+    name = unique("shared")
+    first, second = moto.launch(name), moto.launch(name)
+    moto.aws("ec2", "stop-instances", "--instance-ids", second)
+    done = ec2(profile=f"[default]\ninstance = {name}\n")
+    assert done.returncode == 1 and ec2.recorder.argv() is None
+    assert done.stderr == (f"ec2: several instances are named {name!r}: {first} (running),"
+                           f" {second} (stopped); name one by its id (instance = i-...)\n")
+
+
+def test_a_terminated_namesake_does_not_make_a_name_ambiguous(ec2, moto):
+    name = unique("reborn")
+    old, new = moto.launch(name), moto.launch(name)
+    moto.aws("ec2", "terminate-instances", "--instance-ids", old)
+    done = ec2("--dry-run", profile=f"[default]\ninstance = {name}\n")
+    assert done.returncode == 0 and f"HostKeyAlias={new}" in done.stdout
+
+
+def test_status_is_one_line(ec2, moto):
+    name = unique("gpu-box")
+    instance_id = moto.launch(name, "p3.2xlarge")
+    done = ec2("--status", profile=f"[default]\ninstance = {name}\n")
+    address = moto.describe(instance_id)["PublicDnsName"]
+    assert (done.returncode, done.stdout) == (0, f"{instance_id}  {name}  running  p3.2xlarge  {address}\n")
+    moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
+    done = ec2("--status", profile=f"[default]\ninstance = {name}\n")
+    assert done.stdout == f"{instance_id}  {name}  stopped  p3.2xlarge  -\n"
+    assert ec2.recorder.argv() is None
+
+
+def test_stop_stops_and_says_what(ec2, moto):
+    name = unique("gpu-box")
+    instance_id = moto.launch(name)
+    profile = f"[default]\ninstance = {name}\n"
+    done = ec2("--stop", profile=profile)
+    assert (done.returncode, done.stdout) == (0, f"stopping instance {instance_id} ({name})\n")
+    assert moto.describe(instance_id)["State"]["Name"] == "stopped"
+    done = ec2("--stop", profile=profile)
+    assert (done.returncode, done.stdout) == (0, f"instance {instance_id} ({name}) is already stopped\n")
+    assert ec2.recorder.argv() is None
+
+
+def test_start_starts_waits_and_connects_to_the_new_address(ec2, moto):
+    name = unique("gpu-box")
+    instance_id = moto.launch(name)
+    old_address = moto.describe(instance_id)["PublicIpAddress"]
+    moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
+    done = ec2("--start", profile=f"[default]\ninstance = {name}\nuser = ubuntu\naddress = public-ip\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"ec2: starting {instance_id} ({name})\nec2: {instance_id} ({name}): pending, 0 s\n"
+    new_address = moto.describe(instance_id)["PublicIpAddress"]
+    assert moto.describe(instance_id)["State"]["Name"] == "running" and new_address != old_address
+    assert ec2.recorder.argv() == ["ssh", "-o", "ConnectionAttempts=90", "-o", f"HostKeyAlias={instance_id}",
+                                   f"ubuntu@{new_address}"]
+
+
+def test_start_waits_for_a_pending_instance_and_shows_progress(ec2, moto, tmp_path):
+    name = unique("slow-box")
+    instance_id = moto.launch(name)
+    moto.set_state(instance_id, "pending")
+    (tmp_path / "ec2.ini").write_text(f"[default]\ninstance = {name}\n")
+    recorder = ec2.recorder
+    err = open(tmp_path / "stderr", "w+")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "ec2"), "--start"],
+                            env=recorder.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=err, text=True)
+    try:
+        wait_until(lambda: "pending" in (tmp_path / "stderr").read_text(), what="the progress line")
+        assert proc.poll() is None  # still waiting
+        moto.set_state(instance_id, "running")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop_pid(proc.pid)
+    assert (tmp_path / "stderr").read_text() == f"ec2: {instance_id} ({name}): pending, 0 s\n"
+    assert recorder.argv()[1:3] == ["-o", "ConnectionAttempts=90"]
+
+
+def test_start_on_a_running_instance_just_connects(ec2, moto):
+    instance_id = moto.launch(unique("up"))
+    done = ec2("-H", instance_id, "--start")
+    assert done.returncode == 0 and done.stderr == ""
+    assert ec2.recorder.argv()[-1] == moto.describe(instance_id)["PublicDnsName"]
+
+
+def test_region_and_aws_profile_reach_the_aws_cli(ec2, moto, tmp_path):
+    name = unique("regional")
+    moto.launch(name)  # in us-east-1
+    done = ec2(profile=f"[default]\ninstance = {name}\nregion = eu-west-1\n")
+    assert done.stderr == f"ec2: no EC2 instance {name!r} found in region eu-west-1\n"
+    done = ec2(profile=f"[default]\ninstance = {name}\naws_profile = nosuch\n")
+    assert done.returncode == 1
+    assert done.stderr.startswith("ec2: aws: ") and "nosuch" in done.stderr
+    aws_config = tmp_path / "aws-config"
+    # With --profile the CLI takes that profile's keys, not the environment's.
+    aws_config.write_text("[profile work]\nregion = us-east-1\n"
+                          "aws_access_key_id = work\naws_secret_access_key = work\n")
+    done = ec2("--dry-run", profile=f"[default]\ninstance = {name}\naws_profile = work\n",
+               env={"AWS_CONFIG_FILE": str(aws_config)})
+    assert done.returncode == 0, done.stderr
+
+
+def test_missing_aws_cli(ec2, tmp_path):
+    path = f"{ec2.recorder.bin}:/usr/bin:/bin"
+    assert shutil.which("aws", path=path) is None
+    done = ec2("-H", "i-0123456789abcdef0", env={"PATH": path})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("ec2: aws not found on PATH; install the AWS CLI")
+
+
+def test_no_credentials_gives_the_aws_clis_message(ec2):
+    done = ec2("-H", "i-0123456789abcdef0", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("ec2: aws: ") and "Unable to locate credentials" in done.stderr
+
+
+def test_instance_commands_need_an_instance(ec2):
+    for option in ("--status", "--stop", "--start"):
+        done = ec2("-H", "plain-host", option)
+        assert done.returncode == 2 and "need an EC2 instance" in done.stderr
+
+
+def test_host_and_instance_in_one_profile_is_an_error(ec2, tmp_path):
+    done = ec2(profile="[default]\nhost = a\ninstance = b\n")
+    assert done.returncode == 1 and "gives both 'host =' and 'instance ='" in done.stderr
