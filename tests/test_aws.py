@@ -291,3 +291,13 @@ def test_instance_commands_need_an_instance(ec2):
 def test_host_and_instance_in_one_profile_is_an_error(ec2, tmp_path):
     done = ec2(profile="[default]\nhost = a\ninstance = b\n")
     assert done.returncode == 1 and "gives both 'host =' and 'instance ='" in done.stderr
+
+
+def test_start_on_a_stopping_instance_says_to_wait_naming_the_whole_command(ec2, moto):
+    name = unique("winding-down")
+    instance_id = moto.launch(name)
+    moto.set_state(instance_id, "stopping")
+    done = ec2("-H", "gpu", "--start", "work", profile=f"[gpu]\ninstance = {name}\n")
+    assert done.returncode == 1 and ec2.recorder.argv() is None
+    assert done.stderr == (f"ec2: instance {instance_id} ({name}) is stopping; once it has stopped,"
+                           " `ec2 -H gpu --start` starts it again\n")

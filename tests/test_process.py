@@ -60,7 +60,7 @@ def test_output_is_flushed_before_the_exec(recorder, tmp_path):
 
 @pytest.mark.parametrize("args, status, message", [
     (["a;rm -rf ~", "-H", "box"], 2, "invalid session name"),
-    (["--host=-oProxyCommand=x"], 2, "invalid host"),
+    (["--host=-oProxyCommand=x"], 2, "argument -H/--host: invalid value"),
     ([], 2, "no host given; name one with -H HOST, set EC2_HOST=HOST"),
     (["-L", "abc", "-H", "box"], 2, "invalid forward 'abc'"),
     (["--jupyter-port", "0", "-H", "box"], 2, "'0' is not a port"),

@@ -143,7 +143,7 @@ def test_safe_session_names_are_taken(ec2_run, name):
 @pytest.mark.parametrize("host", ["-oProxyCommand=touch x", " box", ""])
 def test_destination_that_ssh_would_misread_is_refused(ec2_run, host):
     status, argv, _, err = ec2_run(f"--host={host}")
-    assert (status, argv) == (2, None) and "invalid host" in err
+    assert (status, argv) == (2, None) and "argument -H/--host: invalid value" in err
 
 
 def test_session_without_a_terminal_is_refused(ec2_run):
@@ -255,7 +255,8 @@ def test_ec2_config_variable_names_the_file(ec2_run, clean_env, monkeypatch):
     ("[p]\nhost = x\njupyter_port = 88x\n", "[p] jupyter_port: '88x' is not a port (1-65535)"),
     ("[p]\nhost = x\nforward = 6006 99999\n", "[p] forward: invalid forward '99999'"),
     ("[p]\nhost = x\nssh_options = -o 'unclosed\n", "[p] ssh_options: No closing quotation"),
-    ("[p]\nhost = -oProxyCommand=x\n", "[p] host: invalid host"),
+    ("[p]\nhost = -oProxyCommand=x\n", "[p] host: invalid value '-oProxyCommand=x'"),
+    ("[p]\nhost = x\nuser = -x\n", "[p] user: invalid value '-x': it must not be empty, start with"),
     ("host = x\n", "line 1: 'host = x' comes before any [profile] line"),
     ("[p]\nhost = a\nhost = b\n", "line 3: [p] host is given twice"),
     ("[p]\nhost = a\n[p]\n", "line 3: [p] is given twice"),
