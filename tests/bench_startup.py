@@ -5,9 +5,10 @@
 
 Times `python3 ec2 --dry-run work -j -H host` against `python3 -c pass`,
 interleaved so that both see the same machine load, and prints the medians
-and their ratio. Two more commands show where the time goes: importing
-argparse (which ec2 needs to parse any command line) and `ec2 --version`
-(argparse, compiling the script, no config, no sockets). No config file is
+and their ratio. Three more commands show where the time goes: importing
+argparse (which ec2 needs to parse any command line), compiling the script
+(which Python does at every run of a script, as it caches bytecode only for
+imported modules), and `ec2 --version` (both, with no config and no sockets). No config file is
 read: XDG_CONFIG_HOME points at an empty directory.
 """
 
@@ -32,6 +33,7 @@ def main():
     commands = {
         "python3 -c pass": [args.python, "-c", "pass"],
         "python3 -c 'import argparse'": [args.python, "-c", "import argparse"],
+        "python3 -c 'compile(ec2)'": [args.python, "-c", f"compile(open({EC2!r}).read(), 'ec2', 'exec')"],
         "python3 ec2 --version": [args.python, EC2, "--version"],
         "python3 ec2 --dry-run work -j -H host": [args.python, EC2, "--dry-run", "work", "-j", "-H", "host"],
     }

@@ -241,6 +241,19 @@ Host instance
                                stdout=log, stderr=log)
         wait_until(self.accepting, what=f"sshd on {self.address}:22 (see {log.name})")
 
+    def ec2_args(self, *args, ssh_args=()):
+        """ec2's arguments that reach this host: -H instance ARGS -- -F its config."""
+        return ["-H", "instance", *args, "--", "-F", str(self.ssh_config), *ssh_args]
+
+    def ec2_line(self, *args):
+        """The command a person types into a terminal to run ec2 ARGS for this host."""
+        return shlex.join(["ec2", *self.ec2_args(*args)])
+
+    def run_ec2(self, *args, ssh_args=()):
+        """Run ec2 ARGS for this host, with no terminal."""
+        return subprocess.run([sys.executable, str(EC2), *self.ec2_args(*args, ssh_args=ssh_args)],
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
     def netns(self, *argv):
         return run("ip", "netns", "exec", self.ns, *argv)
 

@@ -12,21 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import EC2, ec2, free_port, wait_until
-
-
-def ec2_line(host, *args):
-    """The command a person types: ec2 with the test's ssh client config."""
-    import shlex
-
-    return shlex.join(["ec2", "-H", "instance", *args, "--", "-F", str(host.ssh_config)])
-
-
-def run_ec2(host, *args):
-    return subprocess.run(
-        [sys.executable, str(EC2), "-H", "instance", *args, "--", "-F", str(host.ssh_config)],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
-    )
+from conftest import ec2, free_port, wait_until
 
 
 def attached(host, session):
@@ -45,7 +31,7 @@ def detach(terminal):
 
 def test_creates_session_types_into_it_detaches_and_reattaches(fresh_host, terminal, tmp_path):
     host = fresh_host
-    terminal.type(ec2_line(host, "work"))
+    terminal.type(host.ec2_line("work"))
     attached(host, "work")
     assert host.sessions() == ["work"]
 
@@ -59,7 +45,7 @@ def test_creates_session_types_into_it_detaches_and_reattaches(fresh_host, termi
     terminal.wait_for("back-2")  # the local shell has the terminal again
     assert host.sessions() == ["work"]  # detaching left the session running
 
-    terminal.type("clear; " + ec2_line(host, "work"))
+    terminal.type("clear; " + host.ec2_line("work"))
     attached(host, "work")
     terminal.wait_for("shown-42")  # the same session, with what was typed before
     assert host.sessions() == ["work"]  # attached, not created a second time
@@ -67,24 +53,24 @@ def test_creates_session_types_into_it_detaches_and_reattaches(fresh_host, termi
 
 
 def test_list_shows_no_sessions_then_the_session(fresh_host, terminal):
-    done = run_ec2(fresh_host, "--list")
+    done = fresh_host.run_ec2("--list")
     assert (done.returncode, done.stdout) == (0, "no sessions on instance\n"), done.stderr
-    terminal.type(ec2_line(fresh_host, "analysis"))
+    terminal.type(fresh_host.ec2_line("analysis"))
     attached(fresh_host, "analysis")
-    done = run_ec2(fresh_host, "--list")
+    done = fresh_host.run_ec2("--list")
     assert done.returncode == 0 and done.stdout.startswith("analysis: 1 windows"), done.stdout
     detach(terminal)
 
 
 def test_unicode_session_name_reaches_tmux_intact(fresh_host, terminal):
-    terminal.type(ec2_line(fresh_host, "données"))
+    terminal.type(fresh_host.ec2_line("données"))
     attached(fresh_host, "données")
     assert fresh_host.sessions() == ["données"]  # shown as donn_es without a UTF-8 locale
     detach(terminal)
 
 
 def test_exit_status_of_the_remote_shell_comes_back(fresh_host, terminal):
-    terminal.type(ec2_line(fresh_host))
+    terminal.type(fresh_host.ec2_line())
     terminal.wait_for_foreground("ssh")  # ec2 replaced itself with ssh
     terminal.type("echo remote-$((2 + 3))")
     terminal.wait_for("remote-5")
@@ -119,7 +105,7 @@ def test_jupyter_forward_carries_http_to_the_instance(fresh_host, terminal, tmp_
     token = serve_http(fresh_host, port, tmp_path)
     with pytest.raises(OSError):
         fetch(port)  # nothing here listens yet: the page can only come through ssh
-    terminal.type(ec2_line(fresh_host, "-j", "--jupyter-port", str(port)))
+    terminal.type(fresh_host.ec2_line("-j", "--jupyter-port", str(port)))
     terminal.wait_for(f"Jupyter: http://localhost:{port} -> instance port {port}")
     assert wait_until(lambda: _try_fetch(port), what="the forward") == (200, token)
 
@@ -137,7 +123,7 @@ def test_taken_jupyter_port_moves_and_the_notice_survives_tmux(fresh_host, termi
     with socket.socket(socket.AF_INET6) as held:  # taken on ::1 only
         held.bind(("::1", port))
         held.listen()
-        terminal.type(ec2_line(fresh_host, "nb", "-j", "--jupyter-port", str(port)))
+        terminal.type(fresh_host.ec2_line("nb", "-j", "--jupyter-port", str(port)))
         attached(fresh_host, "nb")
         assert "Jupyter: http://localhost:" not in terminal.screen()  # tmux painted over it
         moved = int(re.search(r"Jupyter: http://localhost:(\d+) ", terminal.hidden_screen()).group(1))
@@ -161,7 +147,7 @@ HOSTILE = {
 def test_hostile_session_names_are_refused_and_run_nothing(fresh_host, terminal, tmp_path, kind):
     marker = tmp_path / f"pwned-{kind}"
     fresh_host.tmux("new-session", "-d", "-s", "keep")  # a server that would run #()
-    terminal.type(ec2_line(fresh_host, HOSTILE[kind].format(m=marker)) + "; echo exit=$?")
+    terminal.type(fresh_host.ec2_line(HOSTILE[kind].format(m=marker)) + "; echo exit=$?")
     terminal.wait_for("exit=2")
     assert "invalid session name" in terminal.screen()
     assert fresh_host.sessions() == ["keep"]

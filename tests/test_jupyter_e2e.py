@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conftest import EC2, free_port, skip_or_fail, stop_pid, wait_until
+from conftest import free_port, skip_or_fail, stop_pid, wait_until
 
 TOKEN = "e2e-token-0123456789abcdef"
 
@@ -52,15 +52,8 @@ def jupyter(host, tmp_path_factory):
         stop_pid(pid)
 
 
-def run_ec2(host, *args, ssh_args=()):
-    return subprocess.run(
-        [sys.executable, str(EC2), "-H", "instance", *args, "--", "-F", str(host.ssh_config), *ssh_args],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )
-
-
 def urls(host):
-    done = run_ec2(host, "--urls")
+    done = host.run_ec2("--urls")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     return {int(re.search(r"  instance port (\d+)  ", line).group(1)): line for line in lines}
@@ -84,7 +77,8 @@ def api_status(url, token=True):
 
 
 def hold_forward(terminal, host, *args):
-    terminal.type(shlex.join(["ec2", "-H", "instance", *args, "--", "-F", str(host.ssh_config)]))
+    """Run ec2 ARGS in the terminal, and wait until it has become ssh."""
+    terminal.type(host.ec2_line(*args))
     terminal.wait_for_foreground("ssh")
 
 
@@ -124,7 +118,7 @@ def test_stale_and_half_written_files_are_left_out(host, jupyter, tmp_path):
     half = host.jupyter_runtime / f"jpserver-{host.sshd.pid}.json"  # a live pid
     half.write_text('{"base_url": "/", "port": 88')
     try:
-        done = run_ec2(host, "--urls")
+        done = host.run_ec2("--urls")
         assert done.returncode == 0
         assert set(urls(host)) == {jupyter["with_token"], jupyter["without"]}
         assert done.stderr == f"ec2: skipped {half}: not a complete Jupyter server file\n"
@@ -150,6 +144,6 @@ def test_url_follows_a_local_port_that_moved(host, jupyter, terminal):
 
 
 def test_no_server_running(host, jupyter, tmp_path):
-    done = run_ec2(host, "--urls", ssh_args=["-o", f"SetEnv=JUPYTER_RUNTIME_DIR={tmp_path}"])
+    done = host.run_ec2("--urls", ssh_args=["-o", f"SetEnv=JUPYTER_RUNTIME_DIR={tmp_path}"])
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == "ec2: no Jupyter server running on instance\n"
