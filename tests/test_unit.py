@@ -289,3 +289,22 @@ def test_profile_without_host_is_an_error(ec2_run, clean_env):
     write_config(clean_env, "[default]\nuser = ubuntu\n")
     status, _, _, err = ec2_run()
     assert status == 1 and "[default] has no 'host ='" in err
+
+
+def test_ec2_host_variable_that_ssh_would_misread_is_refused(ec2_run, monkeypatch):
+    monkeypatch.setenv("EC2_HOST", "-oProxyCommand=touch x")
+    status, argv, _, err = ec2_run()
+    assert (status, argv) == (1, None)
+    assert err.startswith("ec2: $EC2_HOST: invalid value '-oProxyCommand=touch x'")
+
+
+def test_ec2_host_variable_may_name_an_instance_with_a_user(ec2_run, monkeypatch):
+    found = []
+    monkeypatch.setattr(ec2, "find_instance", lambda profile: found.append(profile) or {
+        "InstanceId": "i-0123456789abcdef0", "State": {"Name": "running"},
+        "PublicDnsName": "ec2-198-51-100-7.compute-1.amazonaws.com"})
+    monkeypatch.setenv("EC2_HOST", "ubuntu@i-0123456789abcdef0")
+    _, argv, _, _ = ec2_run()
+    assert (found[0].user, found[0].instance) == ("ubuntu", "i-0123456789abcdef0")
+    assert argv == ["ssh", "-o", "HostKeyAlias=i-0123456789abcdef0",
+                    "ubuntu@ec2-198-51-100-7.compute-1.amazonaws.com"]
