@@ -23,10 +23,11 @@ MOTO = Path(__file__).with_name("moto_ec2.py")
 class Moto:
     """moto on 127.0.0.1, and the environment that points the AWS CLI at it."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, env=None):
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, str(MOTO), str(self.port)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})})
         assert self.proc.stdout.readline() == "ready\n"
         self.env = {
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
@@ -41,9 +42,9 @@ class Moto:
         }
         self.image = self.aws("ec2", "describe-images")["Images"][0]["ImageId"]
 
-    def aws(self, *args):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        done = subprocess.run(["aws", *args, "--output", "json"], env={**env, **self.env},
+    def aws(self, *args, env=None):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        done = subprocess.run(["aws", *args, "--output", "json"], env={**base, **self.env, **(env or {})},
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout or "{}")
@@ -55,8 +56,8 @@ class Moto:
                         instance_type, "--tag-specifications", json.dumps(tags))
         return made["Instances"][0]["InstanceId"]
 
-    def describe(self, instance_id):
-        found = self.aws("ec2", "describe-instances", "--instance-ids", instance_id)
+    def describe(self, instance_id, env=None):
+        found = self.aws("ec2", "describe-instances", "--instance-ids", instance_id, env=env)
         return found["Reservations"][0]["Instances"][0]
 
     def set_state(self, instance_id, state):
@@ -301,3 +302,35 @@ def test_start_on_a_stopping_instance_says_to_wait_naming_the_whole_command(ec2,
     assert done.returncode == 1 and ec2.recorder.argv() is None
     assert done.stderr == (f"ec2: instance {instance_id} ({name}) is stopping; once it has stopped,"
                            " `ec2 -H gpu --start` starts it again\n")
+
+
+README_POLICY = {"Version": "2012-10-17", "Statement": [{
+    "Effect": "Allow", "Resource": "*",
+    "Action": ["ec2:DescribeInstances", "ec2:StartInstances", "ec2:StopInstances"]}]}
+
+
+def test_the_readmes_iam_permissions_are_enough_and_none_is_refused(recorder, tmp_path):
+    # moto checks IAM after its first seven calls: describe-images (made by
+    # Moto), run-instances, and the five below that make the two users.
+    moto = Moto(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": "7"})
+    try:
+        instance_id = moto.launch(unique("guarded"))
+        keys = {}
+        for user in ("allowed", "nobody"):
+            moto.aws("iam", "create-user", "--user-name", user)
+            if user == "allowed":
+                moto.aws("iam", "put-user-policy", "--user-name", user, "--policy-name", "ec2",
+                         "--policy-document", json.dumps(README_POLICY))
+            key = moto.aws("iam", "create-access-key", "--user-name", user)["AccessKey"]
+            keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                          "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        recorder.env.update(moto.env)
+        for option in ("--status", "--stop", "--start"):
+            done = recorder.run("-H", instance_id, option, env=keys["allowed"])
+            assert done.returncode == 0, (option, done.stderr)
+        assert recorder.argv()[-1] == moto.describe(instance_id, env=keys["allowed"])["PublicDnsName"]
+        done = recorder.run("-H", instance_id, env=keys["nobody"])
+        assert done.returncode == 1 and done.stderr.count("\n") == 1
+        assert done.stderr.startswith("ec2: aws: An error occurred (AccessDenied")
+    finally:
+        moto.stop()
