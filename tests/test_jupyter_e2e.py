@@ -59,6 +59,12 @@ def urls(host):
     return {int(re.search(r"  instance port (\d+)  ", line).group(1)): line for line in lines}
 
 
+def forwarded(host, port):
+    """The --urls line for the server on PORT once a running forward reaches it, else None."""
+    line = urls(host)[port]
+    return None if "not forwarded" in line else line
+
+
 def status(url):
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -85,8 +91,7 @@ def hold_forward(terminal, host, *args):
 def test_url_opens_the_server_through_the_running_forward(host, jupyter, terminal):
     port = jupyter["with_token"]
     hold_forward(terminal, host, "-j", "--jupyter-port", str(port))
-    line = wait_until(lambda: "not forwarded" not in urls(host)[port] and urls(host)[port],
-                      what="--urls to see the running forward")
+    line = wait_until(lambda: forwarded(host, port), what="--urls to see the running forward")
     url = line.split()[0]
     assert url == f"http://localhost:{port}/?token={TOKEN}"
     assert line.endswith(f"  instance port {port}  {jupyter['root'] / 'with-token'}")
@@ -106,8 +111,7 @@ def test_second_server_is_listed_with_the_command_that_forwards_it(host, jupyter
     terminal.type(command)  # as a person would paste it
     terminal.wait_for_foreground("ssh")
     assert wait_until(lambda: api_status(url.split()[0], token=False), what="the forward") == 200
-    assert "not forwarded" not in wait_until(lambda: "not forwarded" not in urls(host)[port]
-                                             and urls(host)[port], what="--urls to see it")
+    assert "not forwarded" not in wait_until(lambda: forwarded(host, port), what="--urls to see it")
 
 
 def test_stale_and_half_written_files_are_left_out(host, jupyter, tmp_path):
@@ -134,8 +138,7 @@ def test_url_follows_a_local_port_that_moved(host, jupyter, terminal):
         held.bind(("127.0.0.1", port))
         held.listen()
         hold_forward(terminal, host, "-j", "--jupyter-port", str(port))
-        line = wait_until(lambda: "not forwarded" not in urls(host)[port] and urls(host)[port],
-                          what="--urls to see the moved forward")
+        line = wait_until(lambda: forwarded(host, port), what="--urls to see the moved forward")
         url = line.split()[0]
         moved = urlsplit(url).port
         assert moved != port and url == f"http://localhost:{moved}/?token={TOKEN}"
