@@ -9,6 +9,7 @@ socket, typed into with send-keys and read with capture-pane.
 import importlib.machinery
 import importlib.util
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -60,9 +61,9 @@ def wait_until(check, timeout=15.0, what="condition"):
         time.sleep(0.1)
 
 
-def stop_pid(pid, timeout=5.0):
-    """Stop one process by its pid: TERM, then KILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def stop_pid(pid, timeout=5.0, signals=(signal.SIGTERM, signal.SIGKILL)):
+    """Stop one process by its pid: TERM, then KILL (or SIGNALS, in turn)."""
+    for sig in signals:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
@@ -105,12 +106,63 @@ def clean_env(tmp_path, monkeypatch):
     return tmp_path
 
 
+# --- ec2.main in this process -------------------------------------------------
+
+
+class Exec(BaseException):
+    """Raised by the fake execvp: like the real one, it does not return."""
+
+
+class TTY:
+    def isatty(self):
+        return True
+
+
+@pytest.fixture
+def ec2_run(clean_env, monkeypatch, capsys):
+    """Call ec2.main(argv); return (status, exec'd argv or None, stdout, stderr)."""
+
+    def call(*argv, tty=True):
+        execs = []
+
+        def execvp(file, args):
+            execs.append(list(args))
+            raise Exec
+
+        monkeypatch.setattr(ec2.os, "execvp", execvp)
+        if tty:
+            monkeypatch.setattr(sys, "stdin", TTY())
+        try:
+            status = ec2.main(list(argv))
+        except Exec:
+            status = "exec"
+        except SystemExit as e:
+            status = e.code
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return status, (execs[0] if execs else None), out, err
+
+    return call
+
+
+def write_config(clean_env, text):
+    path = clean_env / "xdg" / "ec2" / "config"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 # --- the recording ssh -------------------------------------------------------
 
 RECORDING_SSH = """#!/bin/sh
-# Records its argv, NUL-separated, then behaves as told by the environment.
-printf '%s\\0' "$0" "$@" > "$EC2_TEST_RECORD"
+# Records its argv, NUL-separated, in RECORD.1, RECORD.2, ... (one file a
+# call), then behaves as told by the environment.
+n=1
+while [ -e "$EC2_TEST_RECORD.$n" ]; do n=$((n + 1)); done
+printf '%s\\0' "$0" "$@" > "$EC2_TEST_RECORD.$n"
 [ -n "$EC2_TEST_SSH_STDOUT" ] && printf '%s\\n' "$EC2_TEST_SSH_STDOUT"
+# An interactive ssh (-t) that lasts, as the one holding a forward does.
+for word; do [ "$word" = -t ] && [ -n "$EC2_TEST_SSH_SECONDS" ] && sleep "$EC2_TEST_SSH_SECONDS"; done
 exit "${EC2_TEST_SSH_STATUS:-0}"
 """
 
@@ -133,19 +185,26 @@ class Recorder:
         )
 
     def run(self, *args, env=None, stdin=subprocess.DEVNULL):
-        if self.record.exists():
-            self.record.unlink()
+        for old in self.record.parent.glob(self.record.name + ".*"):
+            old.unlink()
         return subprocess.run(
             [sys.executable, str(EC2), *args], env={**self.env, **(env or {})},
             stdin=stdin, capture_output=True, text=True, timeout=30,
         )
 
+    def calls(self):
+        """The argv of each call of the recording ssh, in order."""
+        calls, n = [], 1
+        while (self.record.parent / f"{self.record.name}.{n}").exists():
+            words = (self.record.parent / f"{self.record.name}.{n}").read_bytes().split(b"\0")[:-1]
+            calls.append([Path(words[0].decode()).name] + [w.decode() for w in words[1:]])
+            n += 1
+        return calls
+
     def argv(self):
-        """What the recording ssh was called with, or None if it was not."""
-        if not self.record.exists():
-            return None
-        words = self.record.read_bytes().split(b"\0")[:-1]
-        return [Path(words[0].decode()).name] + [w.decode() for w in words[1:]]
+        """What the recording ssh was called with last, or None if it was not."""
+        calls = self.calls()
+        return calls[-1] if calls else None
 
 
 @pytest.fixture
@@ -160,12 +219,47 @@ def run(*argv, **kwargs):
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
 
 
+# The instance's home directory, laid over this machine's (an overlay in
+# sshd's own mount namespace, so this machine's files stay as they are): a
+# data scientist's account in miniature, where `conda init` has put conda in
+# ~/.bashrc behind its interactive guard, so `jupyter` is on the PATH of a
+# login shell, not on the PATH of an ssh command.
+INSTANCE_HOME = {
+    ".bash_profile": """\
+# As Amazon Linux ships it: a login bash reads ~/.bashrc.
+if [ -f ~/.bashrc ]; then . ~/.bashrc; fi
+""",
+    ".bashrc": """\
+# Not interactive (an ssh command): nothing below applies.
+case $- in *i*) ;; *) return;; esac
+# What conda init leaves, in miniature: `conda activate NAME` puts the
+# environment ~/envs/NAME on the PATH in place of the active one, and base
+# is activated at once.
+conda() {
+    if [ "$1" = activate ] && [ -d "$HOME/envs/$2/bin" ]; then
+        PATH="$HOME/envs/$2/bin:${PATH#"$HOME/envs/$CONDA_DEFAULT_ENV/bin:"}" CONDA_DEFAULT_ENV=$2
+        export PATH CONDA_DEFAULT_ENV
+    else
+        echo "EnvironmentNameNotFound: Could not find conda environment: $2" >&2
+        return 1
+    fi
+}
+conda activate base
+""",
+    # The tests' sshd logs in as root, which Jupyter refuses unless told.
+    ".jupyter/jupyter_server_config.json": '{"ServerApp": {"allow_root": true}}\n',
+}
+
+
 class Host:
     """An OpenSSH server in a network namespace of its own, at `address`.
 
     ssh reaches it as Host `instance` through the client config `ssh_config`
     (pass it to ec2 as `-- -F PATH`). Remote tmux servers keep their sockets
-    under `tmux_dir`, not in the machine's /tmp.
+    under `tmux_dir`, not in the machine's /tmp. The user's home there is
+    INSTANCE_HOME laid over this machine's, with the conda environments
+    `base` (this interpreter's, with Jupyter), `second` (the same, by
+    another name) and `empty` (no Jupyter).
     """
 
     def __init__(self, base):
@@ -185,7 +279,21 @@ class Host:
         self.jupyter_runtime.mkdir()
         self.pids = []  # processes started in the namespace, stopped by pid
 
+    def make_home(self):
+        """The instance's own files for the home directory, and the overlay's work dir."""
+        self.home = self.base / "home"
+        for name, text in INSTANCE_HOME.items():
+            (self.home / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.home / name).write_text(text)
+        envs = self.home / "envs"
+        envs.mkdir()
+        for name in ("base", "second"):
+            (envs / name).symlink_to(sys.prefix)
+        (envs / "empty" / "bin").mkdir(parents=True)
+        (self.base / "home-work").mkdir()
+
     def start(self):
+        self.make_home()
         for name in ("host_key", "user_key"):
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.base / name))
         (self.base / "authorized_keys").write_text((self.base / "user_key.pub").read_text())
@@ -232,9 +340,14 @@ Host instance
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation dir
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         log = open(self.base / "sshd.log", "w")
-        # `ip netns exec` execs sshd, so this pid is sshd's own.
-        self.sshd = self.spawn(sshd, "-D", "-e", "-f", str(self.base / "sshd_config"),
-                               stdout=log, stderr=log)
+        # `ip netns exec` gives sshd a mount namespace of its own, where the
+        # overlay makes the home directory the instance's; sh execs sshd, so
+        # this pid is sshd's own.
+        home = pwd.getpwuid(os.getuid()).pw_dir
+        self.sshd = self.spawn(
+            "sh", "-c", 'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$1"'
+            ' && exec "$4" -D -e -f "$5"', "sh", home, str(self.home), str(self.base / "home-work"),
+            sshd, str(self.base / "sshd_config"), stdout=log, stderr=log)
         wait_until(self.accepting, what=f"sshd on {self.address}:22 (see {log.name})")
 
     def ec2_args(self, *args, ssh_args=()):
@@ -284,7 +397,10 @@ Host instance
         return [tuple(line.split("\t")) for line in lines] if attached else lines
 
     def stop_tmux(self):
-        """Stop the instance's tmux server, found by its pid."""
+        """Stop what runs in the instance's tmux windows, then its server, each by its pid."""
+        panes = self.tmux("list-panes", "-a", "-F", "#{pane_pid}").stdout.split()
+        for pid in panes:  # an interactive shell ignores TERM, but not HUP
+            stop_pid(int(pid), timeout=3, signals=(signal.SIGHUP, signal.SIGTERM, signal.SIGKILL))
         done = self.tmux("display-message", "-p", "#{pid}")
         if done.returncode == 0 and done.stdout.strip().isdigit():
             stop_pid(int(done.stdout))

@@ -1,54 +1,10 @@
 """main(argv) with os.execvp replaced by a recorder: what ec2 decides to run."""
 
 import socket
-import sys
 
 import pytest
 
-from conftest import ec2, free_port
-
-
-class Exec(BaseException):
-    """Raised by the fake execvp: like the real one, it does not return."""
-
-
-class TTY:
-    def isatty(self):
-        return True
-
-
-@pytest.fixture
-def ec2_run(clean_env, monkeypatch, capsys):
-    """Call ec2.main(argv); return (status, exec'd argv or None, stdout, stderr)."""
-
-    def call(*argv, tty=True):
-        execs = []
-
-        def execvp(file, args):
-            execs.append(list(args))
-            raise Exec
-
-        monkeypatch.setattr(ec2.os, "execvp", execvp)
-        if tty:
-            monkeypatch.setattr(sys, "stdin", TTY())
-        try:
-            status = ec2.main(list(argv))
-        except Exec:
-            status = "exec"
-        except SystemExit as e:
-            status = e.code
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return status, (execs[0] if execs else None), out, err
-
-    return call
-
-
-def write_config(clean_env, text):
-    path = clean_env / "xdg" / "ec2" / "config"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+from conftest import EC2, ec2, free_port, write_config
 
 
 def test_plain_ssh(ec2_run):
@@ -63,7 +19,8 @@ def test_session_creates_or_attaches_with_a_terminal(ec2_run):
 def test_jupyter_forward_with_exit_on_failure(ec2_run):
     port = free_port()
     status, argv, _, err = ec2_run("-j", "--jupyter-port", str(port), "-H", "box")
-    assert argv == ["ssh", "-L", f"{port}:localhost:{port}", "-o", "ExitOnForwardFailure=yes", "box"]
+    assert argv == ["ssh", "-L", f"{port}:localhost:{port}", "-o", "ExitOnForwardFailure=yes",
+                    "-o", "ControlPath=none", "box"]
     assert f"Jupyter: http://localhost:{port} -> instance port {port}" in err
 
 
@@ -223,7 +180,7 @@ ssh_options = -o ServerAliveInterval=60 -o "ProxyCommand=nc %h %p"
         "ssh", "-o", "ServerAliveInterval=60", "-o", "ProxyCommand=nc %h %p",
         "-i", str(clean_env / "gpu.pem"),
         "-L", "6006:localhost:6006", "-L", "9000:localhost:9001", "-L", "8889:localhost:8889",
-        "-o", "ExitOnForwardFailure=yes", "-t", "ubuntu@gpu-box",
+        "-o", "ExitOnForwardFailure=yes", "-o", "ControlPath=none", "-t", "ubuntu@gpu-box",
         "tmux", "-2", "new-session", "-A", "-s", "work",
     ]
 
@@ -308,3 +265,19 @@ def test_ec2_host_variable_may_name_an_instance_with_a_user(ec2_run, monkeypatch
     assert (found[0].user, found[0].instance) == ("ubuntu", "i-0123456789abcdef0")
     assert argv == ["ssh", "-o", "HostKeyAlias=i-0123456789abcdef0",
                     "ubuntu@ec2-198-51-100-7.compute-1.amazonaws.com"]
+
+
+def config_examples():
+    """The config files the manual and the README show."""
+    manual = ec2.__doc__.split("config file (INI")[1].split("\n\n")[0]
+    yield "manual", "\n".join(line[2:] for line in manual.splitlines()[1:])
+    readme = (EC2.parent / "README.md").read_text()
+    for n, block in enumerate(readme.split("```ini\n")[1:]):
+        yield f"README block {n + 1}", block.split("```")[0]
+
+
+@pytest.mark.parametrize("where, text", list(config_examples()), ids=lambda x: x if " " in x else "")
+def test_the_config_examples_shown_are_valid(tmp_path, where, text):
+    path = tmp_path / "config"
+    path.write_text(text)
+    assert ec2.read_config(str(path), True)
