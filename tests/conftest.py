@@ -75,11 +75,18 @@ def stop_pid(pid, timeout=5.0, signals=(signal.SIGTERM, signal.SIGKILL)):
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     return
             except ChildProcessError:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                if not running(pid):
                     return
             time.sleep(0.05)
+
+
+def running(pid):
+    """Whether PID is a process that has not ended: a zombie has, only its parent must reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def free_port():
