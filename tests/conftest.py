@@ -184,6 +184,7 @@ class Recorder:
         ssh.write_text(RECORDING_SSH)
         ssh.chmod(0o755)
         self.record = tmp_path / "ssh-argv"
+        self.command = [sys.executable, str(EC2)]  # the copied script, run by this Python
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("EC2_")}
         self.env.update(
             PATH=f"{self.bin}{os.pathsep}{os.environ['PATH']}",
@@ -195,7 +196,7 @@ class Recorder:
         for old in self.record.parent.glob(self.record.name + ".*"):
             old.unlink()
         return subprocess.run(
-            [sys.executable, str(EC2), *args], env={**self.env, **(env or {})},
+            [*self.command, *args], env={**self.env, **(env or {})},
             stdin=stdin, capture_output=True, text=True, timeout=30,
         )
 

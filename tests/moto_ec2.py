@@ -6,11 +6,13 @@ serves moto's AWS API on 127.0.0.1:PORT, as `moto_server` does, and prints
 "ready". moto moves an instance from stopped to running at once, but a real
 one passes through pending, stopping and shutting-down, and ec2 must handle
 those too. So a line "INSTANCE-ID STATE" on stdin puts that instance of
-us-east-1 in STATE; the answer is "ok", or "error: ..." on one line. The
-server stops when stdin closes.
+us-east-1 in STATE, and "INSTANCE-ID launched SECONDS" dates its launch
+SECONDS ago; the answer is "ok", or "error: ..." on one line. The server
+stops when stdin closes.
 """
 
 import sys
+from datetime import datetime, timedelta, timezone
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
@@ -20,8 +22,11 @@ STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 4
                "stopping": 64, "stopped": 80}
 
 
-def set_state(instance_id, state):
+def set_state(instance_id, state, seconds=None):
     instance = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(instance_id)
+    if state == "launched":
+        instance.launch_time = datetime.now(timezone.utc) - timedelta(seconds=int(seconds))
+        return
     instance._state.name = state
     instance._state.code = STATE_CODES[state]
 

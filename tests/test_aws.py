@@ -61,7 +61,7 @@ class Moto:
         return found["Reservations"][0]["Instances"][0]
 
     def set_state(self, instance_id, state):
-        """Put the instance in a state moto's API never leaves it in."""
+        """Put the instance in a state moto's API never leaves it in (or 'launched N')."""
         self.proc.stdin.write(f"{instance_id} {state}\n")
         self.proc.stdin.flush()
         assert self.proc.stdout.readline() == "ok\n"
@@ -334,3 +334,53 @@ def test_the_readmes_iam_permissions_are_enough_and_none_is_refused(recorder, tm
         assert done.stderr.startswith("ec2: aws: An error occurred (AccessDenied")
     finally:
         moto.stop()
+
+
+# --- ec2 --instances ------------------------------------------------------------
+
+
+def instance_lines(done, *ids):
+    """The --instances lines of these instances, in the order printed, split into columns."""
+    assert done.returncode == 0, done.stderr
+    return [line.split() for line in done.stdout.splitlines() if any(i in line for i in ids)]
+
+
+def test_instances_lists_running_first_with_uptime_and_profile(ec2, moto):
+    stopped, running = unique("a-stopped"), unique("b-running")
+    stopped_id, running_id = moto.launch(stopped), moto.launch(running, "g5.xlarge")
+    moto.aws("ec2", "stop-instances", "--instance-ids", stopped_id)
+    moto.set_state(running_id, f"launched {3 * 3600 + 25 * 60 + 5}")
+    profile = f"[train]\ninstance = {running}\n\n[old]\ninstance = {stopped_id}\n"
+    done = ec2("--instances", profile=profile)
+    (first, second) = instance_lines(done, stopped_id, running_id)
+    address = moto.describe(running_id)["PublicDnsName"]
+    assert first == [running, running_id, "running", "g5.xlarge", address, "3h", "25m", "train"]
+    assert second[:3] == [stopped, stopped_id, "stopped"] and second[-1] == "old"
+    assert "-" in second  # no uptime for a stopped instance
+    assert ec2.recorder.argv() is None  # nothing was connected to
+
+
+def test_instances_uses_the_region_of_the_profile(ec2, moto, tmp_path):
+    log = tmp_path / "aws-argv"
+    wrapper = tmp_path / "bin" / "aws"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {shutil.which("aws")} "$@"\n')
+    wrapper.chmod(0o755)
+    done = ec2("--instances", "-H", "far", profile="[far]\nhost = x\nregion = eu-west-3\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "no instances in region eu-west-3\n"
+    assert log.read_text().splitlines() == ["ec2 describe-instances --output json --region eu-west-3"]
+
+
+def test_instances_takes_the_default_profiles_region(ec2, moto, tmp_path):
+    done = ec2("--instances", profile="[default]\nhost = x\nregion = ap-southeast-2\n")
+    assert done.stdout == "no instances in region ap-southeast-2\n", done.stderr
+
+
+def test_instances_needs_a_profile_for_h(ec2, moto):
+    done = ec2("--instances", "-H", "i-0123456789abcdef0")
+    assert done.returncode == 2 and "--instances takes a profile of" in done.stderr
+
+
+def test_instances_passes_on_what_aws_says(ec2, moto):
+    done = ec2("--instances", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+    assert done.returncode == 1 and done.stderr.startswith("ec2: aws: ")

@@ -20,14 +20,19 @@ def with_terminal(recorder, *args, **kwargs):
         os.close(terminal)
 
 
-@pytest.mark.parametrize("args", [
+# Argument sets for which ec2 must exec exactly what --dry-run prints (the
+# installed command too: test_install.py).
+EXEC_ARGUMENT_SETS = [
     ["-H", "ubuntu@box"],
     ["work", "-H", "box"],
     ["new_sesh", "-j", "--jupyter-port", "{port}", "-H", "box"],
     ["-j", "--jupyter-port", "{port}", "-H", "box", "-L", "{port2}:9000"],
     ["données", "-H", "box", "--", "-A", "-o", "ServerAliveInterval=5"],
     ["work", "-H", "box", "--", "-o", "ProxyCommand=sh -c 'echo %h; nc %h %p'"],
-])
+]
+
+
+@pytest.mark.parametrize("args", EXEC_ARGUMENT_SETS)
 def test_exec_is_exactly_what_dry_run_prints(recorder, args):
     args = [a.format(port=free_port(), port2=free_port()) for a in args]
     dry = recorder.run("--dry-run", *args)

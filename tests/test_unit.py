@@ -281,3 +281,13 @@ def test_the_config_examples_shown_are_valid(tmp_path, where, text):
     path = tmp_path / "config"
     path.write_text(text)
     assert ec2.read_config(str(path), True)
+
+
+@pytest.mark.parametrize("launched, shown", [
+    ("2026-11-27T09:00:00+00:00", "3h 0m"), ("2026-11-27T11:59:30Z", "0m"),
+    ("2026-11-24T10:30:00.000Z", "3d 1h"), ("2026-11-27T11:15:00+00:00", "45m"), ("junk", None), (None, None),
+])
+def test_uptime_of_a_running_instance(launched, shown):
+    from datetime import datetime, timezone
+
+    assert ec2.uptime(launched, datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)) == shown
