@@ -3,6 +3,7 @@
 import os
 import pty
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -195,3 +196,23 @@ def test_open_opens_the_first_url_in_the_browser(recorder, tmp_path):
 def test_urls_refuses_what_it_cannot_use(recorder, args):
     done = recorder.run(*args, "-H", "box")
     assert done.returncode == 2 and recorder.argv() is None
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+@pytest.mark.parametrize("args", [["--dry-run", "work", "-j", "-H", "box"], ["--help"],
+                                  ["--completion", "zsh"]])
+def test_a_reader_that_has_gone_is_no_traceback(recorder, args, buffered):
+    # ec2 ... | head: the pipe is closed before ec2 writes to it. Buffered,
+    # as a pipe is, the error comes when Python flushes; unbuffered, at once.
+    env = {k: v for k, v in recorder.env.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run([sys.executable, str(EC2), *args], env=env, stdout=writer,
+                              stderr=subprocess.PIPE, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(writer)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
+    assert "Exception ignored" not in done.stderr
