@@ -216,3 +216,20 @@ def test_a_reader_that_has_gone_is_no_traceback(recorder, args, buffered):
         os.close(writer)
     assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
     assert "Exception ignored" not in done.stderr
+
+
+def test_an_ssh_killed_by_a_signal_is_128_plus_the_signal(recorder, tmp_path):
+    killed = recorder.bin / "ssh"
+    killed.write_text("#!/bin/sh\nkill -s TERM $$\n")
+    assert recorder.run("--list", "-H", "box").returncode == 128 + 15
+
+
+@pytest.mark.parametrize("answer", ["<html>Sign in to the proxy</html>", "[]", "null"])
+def test_an_aws_answer_that_is_not_json_is_one_line(recorder, answer):
+    aws = recorder.bin / "aws"
+    aws.write_text(f"#!/bin/sh\nprintf '%s\\n' '{answer}'\n")
+    aws.chmod(0o755)
+    done = recorder.run("-H", "i-0123456789abcdef0", "--status")
+    assert done.returncode == 1
+    assert done.stderr == (f"ec2: aws ec2 describe-instances answered with something other than JSON:"
+                           f" {answer!r}; check that the AWS CLI works: aws ec2 describe-instances\n")
