@@ -85,7 +85,7 @@ def moto(tmp_path_factory):
 
 
 @pytest.fixture
-def ec2(recorder, moto, tmp_path):
+def run_ec2(recorder, moto, tmp_path):
     """Run the real ec2 with the recording ssh, the AWS CLI pointed at moto."""
     for key in [k for k in recorder.env if k.startswith("AWS_")]:
         del recorder.env[key]
@@ -105,44 +105,44 @@ def unique(name):
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def test_resolves_a_name_to_its_address_and_keeps_the_host_key_with_the_id(ec2, moto):
+def test_resolves_a_name_to_its_address_and_keeps_the_host_key_with_the_id(run_ec2, moto):
     name = unique("gpu-box")
     instance_id = moto.launch(name)
     profile = f"[gpu]\ninstance = {name}\nuser = ubuntu\n"
-    dry = ec2("-H", "gpu", "work", "--dry-run", profile=profile)
+    dry = run_ec2("-H", "gpu", "work", "--dry-run", profile=profile)
     assert dry.returncode == 0, dry.stderr
     address = moto.describe(instance_id)["PublicDnsName"]
     assert address.endswith(".amazonaws.com")
     assert shlex.split(dry.stdout) == ["ssh", "-o", f"HostKeyAlias={instance_id}", "-t", f"ubuntu@{address}",
                                        "tmux", "-2", "new-session", "-A", "-s", "work"]
-    assert ec2.recorder.argv() is None
-    done = ec2("-H", "gpu", profile=profile)
+    assert run_ec2.recorder.argv() is None
+    done = run_ec2("-H", "gpu", profile=profile)
     assert done.returncode == 0, done.stderr
-    assert ec2.recorder.argv() == ["ssh", "-o", f"HostKeyAlias={instance_id}", f"ubuntu@{address}"]
+    assert run_ec2.recorder.argv() == ["ssh", "-o", f"HostKeyAlias={instance_id}", f"ubuntu@{address}"]
 
 
-def test_resolves_an_id_given_with_h_and_no_profile(ec2, moto):
+def test_resolves_an_id_given_with_h_and_no_profile(run_ec2, moto):
     instance_id = moto.launch(unique("by-id"))
     address = moto.describe(instance_id)["PublicDnsName"]
-    assert ec2("-H", instance_id, "--dry-run").stdout == f"ssh -o HostKeyAlias={instance_id} {address}\n"
-    done = ec2("-H", f"ec2-user@{instance_id}", "--dry-run")
+    assert run_ec2("-H", instance_id, "--dry-run").stdout == f"ssh -o HostKeyAlias={instance_id} {address}\n"
+    done = run_ec2("-H", f"ec2-user@{instance_id}", "--dry-run")
     assert done.stdout == f"ssh -o HostKeyAlias={instance_id} ec2-user@{address}\n"
 
 
 @pytest.mark.parametrize("kind, field", [("public-ip", "PublicIpAddress"), ("private-ip", "PrivateIpAddress"),
                                          ("public-dns", "PublicDnsName")])
-def test_address_kind(ec2, moto, kind, field):
+def test_address_kind(run_ec2, moto, kind, field):
     instance_id = moto.launch(unique("addr"))
-    done = ec2("--dry-run", profile=f"[default]\ninstance = {instance_id}\naddress = {kind}\n")
+    done = run_ec2("--dry-run", profile=f"[default]\ninstance = {instance_id}\naddress = {kind}\n")
     assert done.stdout.split()[-1] == moto.describe(instance_id)[field]
 
 
-def test_stopped_instance_is_refused_with_the_command_that_starts_it(ec2, moto):
+def test_stopped_instance_is_refused_with_the_command_that_starts_it(run_ec2, moto):
     name = unique("gpu-box")
     instance_id = moto.launch(name)
     moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
-    done = ec2("-H", "gpu", "work", profile=f"[gpu]\ninstance = {name}\n")
-    assert done.returncode == 1 and ec2.recorder.argv() is None
+    done = run_ec2("-H", "gpu", "work", profile=f"[gpu]\ninstance = {name}\n")
+    assert done.returncode == 1 and run_ec2.recorder.argv() is None
     assert done.stderr == f"ec2: instance {instance_id} ({name}) is stopped; `ec2 -H gpu --start` starts it\n"
 
 
@@ -152,84 +152,84 @@ def test_stopped_instance_is_refused_with_the_command_that_starts_it(ec2, moto):
     ("shutting-down", "is shutting-down; it cannot be started again"),
     ("terminated", "is terminated; it cannot be started again"),
 ])
-def test_every_other_state_is_said(ec2, moto, state, message):
+def test_every_other_state_is_said(run_ec2, moto, state, message):
     name = unique("box")
     instance_id = moto.launch(name)
     moto.set_state(instance_id, state)
-    done = ec2(profile=f"[default]\ninstance = {name}\n")
-    assert done.returncode == 1 and ec2.recorder.argv() is None
+    done = run_ec2(profile=f"[default]\ninstance = {name}\n")
+    assert done.returncode == 1 and run_ec2.recorder.argv() is None
     assert done.stderr == f"ec2: instance {instance_id} ({name}) {message}\n"
 
 
-def test_instance_not_found(ec2):
-    done = ec2(profile="[default]\ninstance = no-such-box\n")
+def test_instance_not_found(run_ec2):
+    done = run_ec2(profile="[default]\ninstance = no-such-box\n")
     assert (done.returncode, done.stderr) == (1, "ec2: no EC2 instance 'no-such-box' found\n")
-    done = ec2("-H", "i-0123456789abcdef0")
+    done = run_ec2("-H", "i-0123456789abcdef0")
     assert done.stderr == "ec2: no EC2 instance 'i-0123456789abcdef0' found\n"
 
 
-def test_ambiguous_name_lists_the_instances(ec2, moto):
+def test_ambiguous_name_lists_the_instances(run_ec2, moto):
     name = unique("shared")
     first, second = moto.launch(name), moto.launch(name)
     moto.aws("ec2", "stop-instances", "--instance-ids", second)
-    done = ec2(profile=f"[default]\ninstance = {name}\n")
-    assert done.returncode == 1 and ec2.recorder.argv() is None
+    done = run_ec2(profile=f"[default]\ninstance = {name}\n")
+    assert done.returncode == 1 and run_ec2.recorder.argv() is None
     assert done.stderr == (f"ec2: several instances are named {name!r}: {first} (running),"
                            f" {second} (stopped); name one by its id (instance = i-...)\n")
 
 
-def test_a_terminated_namesake_does_not_make_a_name_ambiguous(ec2, moto):
+def test_a_terminated_namesake_does_not_make_a_name_ambiguous(run_ec2, moto):
     name = unique("reborn")
     old, new = moto.launch(name), moto.launch(name)
     moto.aws("ec2", "terminate-instances", "--instance-ids", old)
-    done = ec2("--dry-run", profile=f"[default]\ninstance = {name}\n")
+    done = run_ec2("--dry-run", profile=f"[default]\ninstance = {name}\n")
     assert done.returncode == 0 and f"HostKeyAlias={new}" in done.stdout
 
 
-def test_status_is_one_line(ec2, moto):
+def test_status_is_one_line(run_ec2, moto):
     name = unique("gpu-box")
     instance_id = moto.launch(name, "p3.2xlarge")
-    done = ec2("--status", profile=f"[default]\ninstance = {name}\n")
+    done = run_ec2("--status", profile=f"[default]\ninstance = {name}\n")
     address = moto.describe(instance_id)["PublicDnsName"]
     assert (done.returncode, done.stdout) == (0, f"{instance_id}  {name}  running  p3.2xlarge  {address}\n")
     moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
-    done = ec2("--status", profile=f"[default]\ninstance = {name}\n")
+    done = run_ec2("--status", profile=f"[default]\ninstance = {name}\n")
     assert done.stdout == f"{instance_id}  {name}  stopped  p3.2xlarge  -\n"
-    assert ec2.recorder.argv() is None
+    assert run_ec2.recorder.argv() is None
 
 
-def test_stop_stops_and_says_what(ec2, moto):
+def test_stop_stops_and_says_what(run_ec2, moto):
     name = unique("gpu-box")
     instance_id = moto.launch(name)
     profile = f"[default]\ninstance = {name}\n"
-    done = ec2("--stop", profile=profile)
+    done = run_ec2("--stop", profile=profile)
     assert (done.returncode, done.stdout) == (0, f"stopping instance {instance_id} ({name})\n")
     assert moto.describe(instance_id)["State"]["Name"] == "stopped"
-    done = ec2("--stop", profile=profile)
+    done = run_ec2("--stop", profile=profile)
     assert (done.returncode, done.stdout) == (0, f"instance {instance_id} ({name}) is already stopped\n")
-    assert ec2.recorder.argv() is None
+    assert run_ec2.recorder.argv() is None
 
 
-def test_start_starts_waits_and_connects_to_the_new_address(ec2, moto):
+def test_start_starts_waits_and_connects_to_the_new_address(run_ec2, moto):
     name = unique("gpu-box")
     instance_id = moto.launch(name)
     old_address = moto.describe(instance_id)["PublicIpAddress"]
     moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
-    done = ec2("--start", profile=f"[default]\ninstance = {name}\nuser = ubuntu\naddress = public-ip\n")
+    done = run_ec2("--start", profile=f"[default]\ninstance = {name}\nuser = ubuntu\naddress = public-ip\n")
     assert done.returncode == 0, done.stderr
     assert done.stderr == f"ec2: starting {instance_id} ({name})\nec2: {instance_id} ({name}): pending, 0 s\n"
     new_address = moto.describe(instance_id)["PublicIpAddress"]
     assert moto.describe(instance_id)["State"]["Name"] == "running" and new_address != old_address
-    assert ec2.recorder.argv() == ["ssh", "-o", "ConnectionAttempts=90", "-o", f"HostKeyAlias={instance_id}",
-                                   f"ubuntu@{new_address}"]
+    assert run_ec2.recorder.argv() == ["ssh", "-o", "ConnectionAttempts=90", "-o",
+                                       f"HostKeyAlias={instance_id}", f"ubuntu@{new_address}"]
 
 
-def test_start_waits_for_a_pending_instance_and_shows_progress(ec2, moto, tmp_path):
+def test_start_waits_for_a_pending_instance_and_shows_progress(run_ec2, moto, tmp_path):
     name = unique("slow-box")
     instance_id = moto.launch(name)
     moto.set_state(instance_id, "pending")
     (tmp_path / "ec2.ini").write_text(f"[default]\ninstance = {name}\n")
-    recorder = ec2.recorder
+    recorder = run_ec2.recorder
     err = open(tmp_path / "stderr", "w+")
     proc = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "ec2"), "--start"],
                             env=recorder.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -245,61 +245,61 @@ def test_start_waits_for_a_pending_instance_and_shows_progress(ec2, moto, tmp_pa
     assert recorder.argv()[1:3] == ["-o", "ConnectionAttempts=90"]
 
 
-def test_start_on_a_running_instance_just_connects(ec2, moto):
+def test_start_on_a_running_instance_just_connects(run_ec2, moto):
     instance_id = moto.launch(unique("up"))
-    done = ec2("-H", instance_id, "--start")
+    done = run_ec2("-H", instance_id, "--start")
     assert done.returncode == 0 and done.stderr == ""
-    assert ec2.recorder.argv()[-1] == moto.describe(instance_id)["PublicDnsName"]
+    assert run_ec2.recorder.argv()[-1] == moto.describe(instance_id)["PublicDnsName"]
 
 
-def test_region_and_aws_profile_reach_the_aws_cli(ec2, moto, tmp_path):
+def test_region_and_aws_profile_reach_the_aws_cli(run_ec2, moto, tmp_path):
     name = unique("regional")
     moto.launch(name)  # in us-east-1
-    done = ec2(profile=f"[default]\ninstance = {name}\nregion = eu-west-1\n")
+    done = run_ec2(profile=f"[default]\ninstance = {name}\nregion = eu-west-1\n")
     assert done.stderr == f"ec2: no EC2 instance {name!r} found in region eu-west-1\n"
-    done = ec2(profile=f"[default]\ninstance = {name}\naws_profile = nosuch\n")
+    done = run_ec2(profile=f"[default]\ninstance = {name}\naws_profile = nosuch\n")
     assert done.returncode == 1
     assert done.stderr.startswith("ec2: aws: ") and "nosuch" in done.stderr
     aws_config = tmp_path / "aws-config"
     # With --profile the CLI takes that profile's keys, not the environment's.
     aws_config.write_text("[profile work]\nregion = us-east-1\n"
                           "aws_access_key_id = work\naws_secret_access_key = work\n")
-    done = ec2("--dry-run", profile=f"[default]\ninstance = {name}\naws_profile = work\n",
+    done = run_ec2("--dry-run", profile=f"[default]\ninstance = {name}\naws_profile = work\n",
                env={"AWS_CONFIG_FILE": str(aws_config)})
     assert done.returncode == 0, done.stderr
 
 
-def test_missing_aws_cli(ec2, tmp_path):
-    path = f"{ec2.recorder.bin}:/usr/bin:/bin"
+def test_missing_aws_cli(run_ec2, tmp_path):
+    path = f"{run_ec2.recorder.bin}:/usr/bin:/bin"
     assert shutil.which("aws", path=path) is None
-    done = ec2("-H", "i-0123456789abcdef0", env={"PATH": path})
+    done = run_ec2("-H", "i-0123456789abcdef0", env={"PATH": path})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("ec2: aws not found on PATH; install the AWS CLI")
 
 
-def test_no_credentials_gives_the_aws_clis_message(ec2):
-    done = ec2("-H", "i-0123456789abcdef0", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+def test_no_credentials_gives_the_aws_clis_message(run_ec2):
+    done = run_ec2("-H", "i-0123456789abcdef0", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("ec2: aws: ") and "Unable to locate credentials" in done.stderr
 
 
-def test_instance_commands_need_an_instance(ec2):
+def test_instance_commands_need_an_instance(run_ec2):
     for option in ("--status", "--stop", "--start"):
-        done = ec2("-H", "plain-host", option)
+        done = run_ec2("-H", "plain-host", option)
         assert done.returncode == 2 and "need an EC2 instance" in done.stderr
 
 
-def test_host_and_instance_in_one_profile_is_an_error(ec2, tmp_path):
-    done = ec2(profile="[default]\nhost = a\ninstance = b\n")
+def test_host_and_instance_in_one_profile_is_an_error(run_ec2, tmp_path):
+    done = run_ec2(profile="[default]\nhost = a\ninstance = b\n")
     assert done.returncode == 1 and "gives both 'host =' and 'instance ='" in done.stderr
 
 
-def test_start_on_a_stopping_instance_says_to_wait_naming_the_whole_command(ec2, moto):
+def test_start_on_a_stopping_instance_says_to_wait_naming_the_whole_command(run_ec2, moto):
     name = unique("winding-down")
     instance_id = moto.launch(name)
     moto.set_state(instance_id, "stopping")
-    done = ec2("-H", "gpu", "--start", "work", profile=f"[gpu]\ninstance = {name}\n")
-    assert done.returncode == 1 and ec2.recorder.argv() is None
+    done = run_ec2("-H", "gpu", "--start", "work", profile=f"[gpu]\ninstance = {name}\n")
+    assert done.returncode == 1 and run_ec2.recorder.argv() is None
     assert done.stderr == (f"ec2: instance {instance_id} ({name}) is stopping; once it has stopped,"
                            " `ec2 -H gpu --start` starts it again\n")
 
@@ -345,42 +345,42 @@ def instance_lines(done, *ids):
     return [line.split() for line in done.stdout.splitlines() if any(i in line for i in ids)]
 
 
-def test_instances_lists_running_first_with_uptime_and_profile(ec2, moto):
+def test_instances_lists_running_first_with_uptime_and_profile(run_ec2, moto):
     stopped, running = unique("a-stopped"), unique("b-running")
     stopped_id, running_id = moto.launch(stopped), moto.launch(running, "g5.xlarge")
     moto.aws("ec2", "stop-instances", "--instance-ids", stopped_id)
     moto.set_state(running_id, f"launched {3 * 3600 + 25 * 60 + 5}")
     profile = f"[train]\ninstance = {running}\n\n[old]\ninstance = {stopped_id}\n"
-    done = ec2("--instances", profile=profile)
+    done = run_ec2("--instances", profile=profile)
     (first, second) = instance_lines(done, stopped_id, running_id)
     address = moto.describe(running_id)["PublicDnsName"]
     assert first == [running, running_id, "running", "g5.xlarge", address, "3h", "25m", "train"]
     assert second[:3] == [stopped, stopped_id, "stopped"] and second[-1] == "old"
     assert "-" in second  # no uptime for a stopped instance
-    assert ec2.recorder.argv() is None  # nothing was connected to
+    assert run_ec2.recorder.argv() is None  # nothing was connected to
 
 
-def test_instances_uses_the_region_of_the_profile(ec2, moto, tmp_path):
+def test_instances_uses_the_region_of_the_profile(run_ec2, moto, tmp_path):
     log = tmp_path / "aws-argv"
     wrapper = tmp_path / "bin" / "aws"
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {shutil.which("aws")} "$@"\n')
     wrapper.chmod(0o755)
-    done = ec2("--instances", "-H", "far", profile="[far]\nhost = x\nregion = eu-west-3\n")
+    done = run_ec2("--instances", "-H", "far", profile="[far]\nhost = x\nregion = eu-west-3\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "no instances in region eu-west-3\n"
     assert log.read_text().splitlines() == ["ec2 describe-instances --output json --region eu-west-3"]
 
 
-def test_instances_takes_the_default_profiles_region(ec2, moto, tmp_path):
-    done = ec2("--instances", profile="[default]\nhost = x\nregion = ap-southeast-2\n")
+def test_instances_takes_the_default_profiles_region(run_ec2, moto, tmp_path):
+    done = run_ec2("--instances", profile="[default]\nhost = x\nregion = ap-southeast-2\n")
     assert done.stdout == "no instances in region ap-southeast-2\n", done.stderr
 
 
-def test_instances_needs_a_profile_for_h(ec2, moto):
-    done = ec2("--instances", "-H", "i-0123456789abcdef0")
+def test_instances_needs_a_profile_for_h(run_ec2, moto):
+    done = run_ec2("--instances", "-H", "i-0123456789abcdef0")
     assert done.returncode == 2 and "--instances takes a profile of" in done.stderr
 
 
-def test_instances_passes_on_what_aws_says(ec2, moto):
-    done = ec2("--instances", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+def test_instances_passes_on_what_aws_says(run_ec2, moto):
+    done = run_ec2("--instances", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     assert done.returncode == 1 and done.stderr.startswith("ec2: aws: ")

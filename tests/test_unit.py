@@ -134,7 +134,8 @@ def test_version(ec2_run):
 def test_help_teaches_with_examples(ec2_run):
     status, _, out, _ = ec2_run("--help")
     assert status == 0
-    for text in ("ec2 work -j", "ec2 -j", "--dry-run", "[default]", "jupyter_port", "default: 8888"[:8]):
+    for text in ("ec2 work -j", "ec2 -j", "--dry-run", "[default]", "jupyter_port", "else 8888)",
+                 "session and forwards:", "EC2 instances:", "(default: lab)"):
         assert text in out
 
 
