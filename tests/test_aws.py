@@ -384,3 +384,47 @@ def test_instances_needs_a_profile_for_h(run_ec2, moto):
 def test_instances_passes_on_what_aws_says(run_ec2, moto):
     done = run_ec2("--instances", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     assert done.returncode == 1 and done.stderr.startswith("ec2: aws: ")
+
+
+# --- an instance found through moto, reached for real -------------------------
+
+
+def login_through_moto(moto, host, tmp_path, known_hosts_text=None, checking="accept-new"):
+    """ec2 -H train --list, where [train] names a moto instance and the user's ssh
+    config maps its public name to the sandbox: nothing connects to moto's address."""
+    name = unique("train")
+    instance_id = moto.launch(name)
+    dns = moto.describe(instance_id)["PublicDnsName"]
+    known_hosts = tmp_path / "known_hosts"
+    if known_hosts_text is not None:
+        known_hosts.write_text(known_hosts_text.format(id=instance_id))
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host {dns}\n  HostName {host.address}\n  UserKnownHostsFile {known_hosts}\n"
+                          f"  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking {checking}\n"
+                          "  BatchMode yes\n  IdentitiesOnly yes\n  LogLevel ERROR\n")
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    config = tmp_path / "ec2.ini"
+    config.write_text(f"[train]\ninstance = {name}\nuser = {user}\nidentity = {host.base / 'user_key'}\n"
+                      f"ssh_options = -F {ssh_config}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EC2_"))}
+    done = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "ec2"), "--config", str(config),
+                           "-H", "train", "--list"], env={**env, **moto.env}, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    return done, instance_id, dns, known_hosts
+
+
+def test_an_instance_profile_logs_in_and_keeps_the_key_under_the_id(moto, host, tmp_path):
+    done, instance_id, dns, known_hosts = login_through_moto(moto, host, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(f"@{dns}\n") and done.stdout.startswith("no sessions on ")
+    host_key = (host.base / "host_key.pub").read_text().split()
+    assert known_hosts.read_text().split() == [instance_id, host_key[0], host_key[1]]
+
+
+def test_another_key_behind_the_same_instance_id_is_refused(moto, host, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    key = other.with_suffix(".pub").read_text().split()
+    done, *_ = login_through_moto(moto, host, tmp_path, f"{{id}} {key[0]} {key[1]}\n", checking="yes")
+    assert done.returncode == 255
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in done.stderr

@@ -4,7 +4,10 @@ The instance is sshd in a network namespace (the `host` fixture); the person
 is a tmux pane on a private socket (the `terminal` fixture).
 """
 
+import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ec2, free_port, wait_until
+from conftest import EC2, ec2, free_port, stop_pid, wait_until
 
 
 def attached(host, session):
@@ -181,3 +184,84 @@ def test_tmux_runs_format_commands_in_session_names(fresh_host, tmp_path):
     marker = tmp_path / "format-ran"
     fresh_host.tmux("new-session", "-d", "-s", f"x#(touch {marker})")
     wait_until(marker.exists, what="tmux running the #() command")
+
+
+def login_profile(host, tmp_path, **keys):
+    """A config whose [box] reaches the host by its address, with no ssh config but ssh_options."""
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    options = (f"-F /dev/null -o UserKnownHostsFile={host.base}/known_hosts -o GlobalKnownHostsFile=/dev/null"
+               " -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes -o LogLevel=ERROR")
+    settings = {"host": host.address, "user": user, "identity": str(host.base / "user_key"),
+                "ssh_options": options, **keys}
+    config = tmp_path / "config"
+    config.write_text("[box]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items() if v is not None))
+    return config
+
+
+def run_ec2(config, *args):
+    return subprocess.run([sys.executable, str(EC2), "--config", str(config), "-H", "box", *args],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_a_profiles_identity_and_user_log_in(fresh_host, tmp_path):
+    done = run_ec2(login_profile(fresh_host, tmp_path), "--list")
+    assert (done.returncode, done.stdout) == (0, f"no sessions on {done.stdout.split()[-1]}\n"), done.stderr
+    assert done.stdout.split()[-1].endswith(f"@{fresh_host.address}")
+
+
+@pytest.mark.parametrize("missing", ["identity", "user"])
+def test_without_the_profiles_identity_or_user_there_is_no_login(fresh_host, tmp_path, missing):
+    # The control for the test above: the login rests on those two keys.
+    keys = {"identity": None} if missing == "identity" else {"user": "nobody-here"}
+    done = run_ec2(login_profile(fresh_host, tmp_path, **keys), "--list")
+    assert done.returncode == 255 and "Permission denied" in done.stderr
+
+
+def test_an_explicit_forward_reaches_the_instance(fresh_host, terminal, tmp_path):
+    remote, local = free_port(), free_port()
+    token = serve_http(fresh_host, remote, tmp_path)
+    config = login_profile(fresh_host, tmp_path)
+    terminal.type(shlex.join(["ec2", "--config", str(config), "-H", "box", "-L", f"{local}:{remote}"]))
+    terminal.wait_for_foreground("ssh")
+    assert wait_until(lambda: _try_fetch(local), what="the -L forward") == (200, token)
+
+
+def test_a_port_taken_after_ecs_check_ends_ssh(fresh_host, tmp_path):
+    # A stand-in ssh has the port taken on both loopbacks, by a process of
+    # its own (ssh closes the descriptors it inherits), between ec2's check
+    # and the real ssh's bind: ExitOnForwardFailure must then end ssh,
+    # rather than leave a session without the forward.
+    port = free_port()
+    holder = tmp_path / "holder.pid"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"""#!{sys.executable}
+import os, socket, sys, time
+ready_r, ready_w = os.pipe()
+if os.fork() == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)  # not holding ec2's pipes open
+    held = [socket.socket(family) for family in (socket.AF_INET, socket.AF_INET6)]
+    for s, address in zip(held, ("127.0.0.1", "::1")):
+        s.bind((address, {port}))
+        s.listen()
+    open({str(holder)!r}, "w").write(str(os.getpid()))
+    os.write(ready_w, b"x")
+    time.sleep(60)
+    os._exit(0)
+os.read(ready_r, 1)
+os.execv({shutil.which("ssh")!r}, ["ssh", *sys.argv[1:]])
+""")
+    (bin_dir / "ssh").chmod(0o755)
+    config = login_profile(fresh_host, tmp_path)
+    try:
+        done = subprocess.run([sys.executable, str(EC2), "--config", str(config), "-H", "box", "-j",
+                               "--jupyter-port", str(port)], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    finally:
+        if holder.exists():
+            stop_pid(int(holder.read_text()))
+    assert done.returncode == 255, done.stderr
+    assert "Could not request local forwarding" in done.stderr
