@@ -66,14 +66,40 @@ def test_same_local_port_twice_is_refused(ec2_run):
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("6006", "6006:localhost:6006"),
-    ("9000:9001", "9000:localhost:9001"),
-    ("9000:db:5432", "9000:db:5432"),
-    ("127.0.0.1:9000:db:5432", "127.0.0.1:9000:db:5432"),
-    ("[::1]:9000:[fe80::1]:5432", "[::1]:9000:[fe80::1]:5432"),
+    ("6006", ("6006:localhost:6006", None, 6006, "localhost", 6006)),
+    ("9000:9001", ("9000:localhost:9001", None, 9000, "localhost", 9001)),
+    ("9000:db:5432", ("9000:db:5432", None, 9000, "db", 5432)),
+    ("127.0.0.1:9000:db:5432", ("127.0.0.1:9000:db:5432", "127.0.0.1", 9000, "db", 5432)),
+    ("[::1]:9000:[fe80::1]:5432", ("[::1]:9000:[fe80::1]:5432", "::1", 9000, "fe80::1", 5432)),
+    ("*:9000:db:5432", ("*:9000:db:5432", "*", 9000, "db", 5432)),
+    (":9000:db:5432", (":9000:db:5432", "", 9000, "db", 5432)),  # ssh: all interfaces
+    ("1:65535", ("1:localhost:65535", None, 1, "localhost", 65535)),
 ])
 def test_forward_forms(spec, expected):
-    assert ec2.forward_spec(spec)[0] == expected
+    assert tuple(ec2.forward_spec(spec)) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "65536", "-1", "1.5", ""])
+def test_ports_are_1_to_65535(text):
+    with pytest.raises(ValueError, match="is not a port"):
+        ec2.port_number(text)
+
+
+def test_a_session_name_never_starts_with_a_dash():
+    # argparse takes such a word for an option; the check holds for any caller.
+    with pytest.raises(ValueError, match="not starting with '-'"):
+        ec2.session_name("-a")
+
+
+@pytest.mark.parametrize("text, expected", [("1", 1), ("3600", 3600)])
+def test_lab_timeout_bounds_are_taken(text, expected):
+    assert ec2.seconds(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "3601", "", "x"])
+def test_lab_timeout_out_of_bounds(text):
+    with pytest.raises(ValueError):
+        ec2.seconds(text)
 
 
 @pytest.mark.parametrize("spec", ["0", "70000", "x", "1:2:3:4:5", "/tmp/sock:host:1", "9000::80", ""])
@@ -91,7 +117,7 @@ def test_unsafe_session_names_are_refused(ec2_run, name):
     assert "use 1-64 letters, digits, '_' or '-', not starting with '-'" in err
 
 
-@pytest.mark.parametrize("name", ["work", "new_sesh2", "a-b", "données", "実験", "x" * 64])
+@pytest.mark.parametrize("name", ["work", "new_sesh2", "a-b", "données", "実験", "x" * 64, "a", "7"])
 def test_safe_session_names_are_taken(ec2_run, name):
     _, argv, _, _ = ec2_run(name, "-H", "box")
     assert argv[-1] in (name, f"'{name}'")
@@ -219,6 +245,10 @@ def test_ec2_config_variable_names_the_file(ec2_run, clean_env, monkeypatch):
     ("[p]\nhost = a\nhost = b\n", "line 3: [p] host is given twice"),
     ("[p]\nhost = a\n[p]\n", "line 3: [p] is given twice"),
     ("[p]\nhost = a\nnonsense\n", "line 3 is neither '[profile]' nor 'key = value'"),
+    ("[p]\nhost = a\ninstance = b\n", "[p] gives both 'host =' and 'instance ='; keep one"),
+    ("[p]\ninstance = b\naddress = moon\n", "[p] address: 'moon' is not one of public-dns, public-ip,"),
+    ("[p]\ninstance = b\nregion = -x\n", "[p] region: invalid value '-x'"),
+    ("[p]\ninstance = b\naws_profile =\n", "[p] aws_profile: invalid value ''"),
 ])
 def test_config_errors_name_the_file_and_the_key(ec2_run, clean_env, text, message):
     path = write_config(clean_env, text)
@@ -292,3 +322,67 @@ def test_uptime_of_a_running_instance(launched, shown):
     from datetime import datetime, timezone
 
     assert ec2.uptime(launched, datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)) == shown
+
+
+
+def held(family, address):
+    """A socket listening on ADDRESS at a free port; returns (socket, port)."""
+    sock = socket.socket(family)
+    sock.bind((address, 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+def has_ipv6():
+    try:
+        socket.socket(socket.AF_INET6).close()
+        return socket.has_ipv6
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("holder, bind, free", [
+    ((socket.AF_INET, "127.0.0.1"), None, False),
+    ((socket.AF_INET6, "::1"), None, False),  # ssh binds both for localhost
+    ((socket.AF_INET6, "::1"), "localhost", False),
+    ((socket.AF_INET, "127.0.0.1"), "127.0.0.1", False),
+    ((socket.AF_INET6, "::1"), "127.0.0.1", True),
+    ((socket.AF_INET, "127.0.0.1"), "::1", True),
+    ((socket.AF_INET6, "::1"), "::1", False),
+    ((socket.AF_INET, "127.0.0.1"), "*", False),  # all addresses, 127.0.0.1 among them
+    ((socket.AF_INET, "127.0.0.1"), "", False),
+])
+def test_port_checks_follow_the_bind_address(holder, bind, free):
+    if socket.AF_INET6 in (holder[0],) or (bind and ":" in bind):
+        if not has_ipv6():
+            pytest.skip("no IPv6 on this machine")
+    sock, port = held(*holder)
+    with sock:
+        assert ec2.port_is_free(port, bind) is free
+
+
+def test_a_bind_address_this_machine_does_not_have_is_no_obstacle():
+    # ssh cannot bind it either, and says so itself.
+    assert ec2.port_is_free(free_port(), "192.0.2.1") is True
+
+
+
+def test_a_profile_keeps_what_its_keys_say(tmp_path):
+    path = tmp_path / "config"
+    path.write_text("[p]\ninstance = gpu\naddress = private-ip\nregion = eu-west-1\naws_profile = work\n"
+                    "user = ubuntu\nidentity = ~/k.pem\njupyter_port = 9999\nforward = 6006\n"
+                    "ssh_options = -o A=1\nlab_command = jupyter notebook\nconda_env = torch\n"
+                    "lab_timeout = 5\nopen_browser = no\n")
+    p = ec2.read_config(str(path), True)["p"]
+    assert (p.instance, p.address, p.region, p.aws_profile, p.user, p.identity, p.jupyter_port) == (
+        "gpu", "private-ip", "eu-west-1", "work", "ubuntu", "~/k.pem", 9999)
+    assert (p.forwards, p.ssh_options) == ([ec2.forward_spec("6006")], ["-o", "A=1"])
+    assert (p.lab_command, p.conda_env, p.lab_timeout, p.open_browser) == (
+        "jupyter notebook", "torch", 5, False)
+    assert (p.name, p.source, p.host) == ("p", str(path), None)
+
+
+def test_a_profile_without_keys_has_the_defaults():
+    p = ec2.Profile("p", "/c")
+    assert (p.address, p.lab_command, p.conda_env, p.lab_timeout, p.open_browser, p.forwards) == (
+        "public-dns", "jupyter lab --no-browser", None, 90, True, [])
