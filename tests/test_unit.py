@@ -386,3 +386,58 @@ def test_a_profile_without_keys_has_the_defaults():
     p = ec2.Profile("p", "/c")
     assert (p.address, p.lab_command, p.conda_env, p.lab_timeout, p.open_browser, p.forwards) == (
         "public-dns", "jupyter lab --no-browser", None, 90, True, [])
+
+
+# --- instances, as the AWS CLI answers -----------------------------------------
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("i-01234567", True), ("i-0123456789abcdef0", True), ("i-0123456", False), ("i-012345678", False),
+    ("i-0123456g", False), ("x-01234567", False), ("i-0123456789ABCDEF0", False), ("i-x1234567", False),
+    ("ii-1234567", False), ("i-0123456789abcdef", False), ("", False),
+])
+def test_instance_ids_have_8_or_17_hex_digits(text, expected):
+    assert ec2.is_instance_id(text) is expected
+
+
+def test_instances_are_read_from_any_answer_without_trusting_it():
+    good = {"InstanceId": "i-01234567"}
+    answer = {"Reservations": [1, None, {"Instances": "x"}, {"Instances": [1, {"InstanceId": 5}, good]},
+                               {"Instances": [{**good, "InstanceId": "i-89abcdef"}]}]}
+    assert [i["InstanceId"] for i in ec2.instances_in(answer)] == ["i-01234567", "i-89abcdef"]
+    assert ec2.instances_in({"Reservations": {"Instances": [good]}}) == []
+    assert ec2.instances_in({}) == []
+
+
+@pytest.mark.parametrize("mapping, expected", [
+    ({"k": "v"}, "v"), ({"k": ""}, None), ({"k": 5}, None), ({}, None), ("k", None), (None, None),
+])
+def test_text_field(mapping, expected):
+    assert ec2.text_field(mapping, "k") == expected
+
+
+@pytest.mark.parametrize("tags, expected", [
+    ([{"Key": "Owner", "Value": "me"}, {"Key": "Name", "Value": "gpu"}], "gpu"),
+    ([{"Key": "Name", "Value": ""}], None), ("Name", None), ([1, {"Key": "Name"}], None), (None, None),
+])
+def test_instance_name_is_its_name_tag(tags, expected):
+    assert ec2.instance_name({"InstanceId": "i-01234567", "Tags": tags}) == expected
+
+
+@pytest.mark.parametrize("state, expected", [
+    ({"Name": "running", "Code": 16}, "running"), ("running", "unknown"), ({}, "unknown"), (None, "unknown"),
+])
+def test_instance_state(state, expected):
+    assert ec2.instance_state({"InstanceId": "i-01234567", "State": state}) == expected
+
+
+@pytest.mark.parametrize("kind, instance, expected", [
+    ("public-dns", {"PublicDnsName": "ec2-1.example", "PublicIpAddress": "1.2.3.4"}, "ec2-1.example"),
+    ("public-dns", {"PublicDnsName": "", "PublicIpAddress": "1.2.3.4"}, "1.2.3.4"),  # no DNS in the VPC
+    ("public-dns", {"PrivateIpAddress": "10.0.0.7"}, None),
+    ("public-ip", {"PublicDnsName": "ec2-1.example", "PublicIpAddress": "1.2.3.4"}, "1.2.3.4"),
+    ("public-ip", {"PublicDnsName": "ec2-1.example"}, None),
+    ("private-ip", {"PublicIpAddress": "1.2.3.4", "PrivateIpAddress": "10.0.0.7"}, "10.0.0.7"),
+])
+def test_instance_address_of_each_kind(kind, instance, expected):
+    assert ec2.instance_address(instance, kind) == expected
