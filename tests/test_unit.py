@@ -1,5 +1,6 @@
 """main(argv) with os.execvp replaced by a recorder: what ec2 decides to run."""
 
+import json
 import socket
 
 import pytest
@@ -441,3 +442,130 @@ def test_instance_state(state, expected):
 ])
 def test_instance_address_of_each_kind(kind, instance, expected):
     assert ec2.instance_address(instance, kind) == expected
+
+
+class FakeAws:
+    """ec2.aws replaced: records each call's arguments, answers from a list."""
+
+    def __init__(self, monkeypatch, *answers):
+        self.calls, self.answers = [], list(answers)
+        monkeypatch.setattr(ec2, "aws", self)
+
+    def __call__(self, profile, *args):
+        self.calls.append(args)
+        return self.answers.pop(0)
+
+
+def described_as(*instances):
+    return {"Reservations": [{"Instances": list(instances)}]}
+
+
+def instance(instance_id, state, name=None):
+    tags = [{"Key": "Name", "Value": name}] if name else []
+    return {"InstanceId": instance_id, "State": {"Name": state}, "Tags": tags}
+
+
+def profile_for(instance_name, region=None):
+    p = ec2.Profile("gpu", "/cfg")
+    p.instance, p.region = instance_name, region
+    return p
+
+
+@pytest.mark.parametrize("named, field", [("i-01234567", "instance-id"), ("gpu,box", "tag:Name")])
+def test_find_instance_asks_by_id_or_by_name(monkeypatch, named, field):
+    fake = FakeAws(monkeypatch, described_as(instance("i-01234567", "running")))
+    assert ec2.find_instance(profile_for(named))["InstanceId"] == "i-01234567"
+    (args,) = fake.calls
+    assert args[:3] == ("ec2", "describe-instances", "--filters")
+    assert json.loads(args[3]) == [{"Name": field, "Values": [named]}]  # a comma stays in the Name
+
+
+@pytest.mark.parametrize("region, where", [(None, ""), ("eu-west-3", " in region eu-west-3")])
+def test_find_instance_not_found(monkeypatch, region, where):
+    FakeAws(monkeypatch, described_as())
+    with pytest.raises(ec2.Failure, match=f"^no EC2 instance 'gpu' found{where}$"):
+        ec2.find_instance(profile_for("gpu", region))
+
+
+def test_find_instance_refuses_a_name_two_live_instances_share(monkeypatch):
+    FakeAws(monkeypatch, described_as(instance("i-01234567", "running", "gpu"),
+                                      instance("i-89abcdef", "stopped", "gpu")))
+    with pytest.raises(ec2.Failure) as e:
+        ec2.find_instance(profile_for("gpu"))
+    assert str(e.value) == ("several instances are named 'gpu': i-01234567 (running), i-89abcdef (stopped);"
+                            " name one by its id (instance = i-...)")
+
+
+@pytest.mark.parametrize("gone", ["terminated", "shutting-down"])
+def test_find_instance_passes_over_an_ended_namesake(monkeypatch, gone):
+    FakeAws(monkeypatch, described_as(instance("i-01234567", gone, "gpu"),
+                                      instance("i-89abcdef", "stopped", "gpu")))
+    assert ec2.find_instance(profile_for("gpu"))["InstanceId"] == "i-89abcdef"
+
+
+def test_find_instance_gives_an_ended_one_when_it_is_all_there_is(monkeypatch):
+    FakeAws(monkeypatch, described_as(instance("i-01234567", "terminated", "gpu"),
+                                      instance("i-89abcdef", "terminated", "gpu")))
+    assert ec2.find_instance(profile_for("gpu"))["InstanceId"] == "i-01234567"
+
+
+@pytest.mark.parametrize("state, message", [
+    ("stopped", "instance i-01234567 (gpu) is stopped; `ec2 -H gpu --start` starts it"),
+    ("pending", "instance i-01234567 (gpu) is starting (pending); `ec2 -H gpu --start` waits for it"),
+    ("stopping", "instance i-01234567 (gpu) is stopping; once it has stopped, `ec2 -H gpu --start` starts it"
+     " again"),
+    ("terminated", "instance i-01234567 (gpu) is terminated; it cannot be started again"),
+])
+def test_require_running_says_what_to_do(state, message):
+    with pytest.raises(ec2.Failure) as e:
+        ec2.require_running(instance("i-01234567", state, "gpu"), "ec2 -H gpu --start")
+    assert str(e.value) == message
+
+
+def test_require_running_lets_a_running_instance_through():
+    assert ec2.require_running(instance("i-01234567", "running"), "x") is None
+
+
+@pytest.mark.parametrize("state, stops, said", [
+    ("running", True, "stopping instance i-01234567 (gpu)\n"),
+    ("pending", True, "stopping instance i-01234567 (gpu)\n"),
+    ("stopped", False, "instance i-01234567 (gpu) is already stopped\n"),
+    ("stopping", False, "instance i-01234567 (gpu) is already stopping\n"),
+])
+def test_stop_instance(monkeypatch, capsys, state, stops, said):
+    fake = FakeAws(monkeypatch, {})
+    assert ec2.stop_instance(profile_for("gpu"), instance("i-01234567", state, "gpu")) == 0
+    assert fake.calls == ([("ec2", "stop-instances", "--instance-ids", "i-01234567")] if stops else [])
+    assert capsys.readouterr().out == said
+
+
+def test_stop_instance_refuses_an_ended_one(monkeypatch):
+    fake = FakeAws(monkeypatch)
+    with pytest.raises(ec2.Failure, match="is terminated; there is nothing to stop"):
+        ec2.stop_instance(profile_for("gpu"), instance("i-01234567", "terminated", "gpu"))
+    assert fake.calls == []
+
+
+def test_instance_status_is_one_line():
+    found = {**instance("i-01234567", "running", "gpu"), "InstanceType": "g5.xlarge",
+             "PublicDnsName": "ec2-1.example"}
+    assert ec2.instance_status(found, "public-dns") == "i-01234567  gpu  running  g5.xlarge  ec2-1.example"
+    stopped = instance("i-01234567", "stopped")
+    assert ec2.instance_status(stopped, "public-dns") == "i-01234567  -  stopped  -  -"
+
+
+def test_instance_table_puts_running_first_and_names_the_profile():
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    rows = [instance("i-0000000a", "stopped", "alpha"),
+            {**instance("i-0000000b", "running", "beta"), "LaunchTime": "2026-11-27T10:30:00Z",
+             "PrivateIpAddress": "10.0.0.7"},
+            instance("i-0000000c", "running")]
+    lines = ec2.instance_table(rows, [profile_for("beta"), profile_for("i-0000000a")], now)
+    assert [line.split() for line in lines] == [
+        ["beta", "i-0000000b", "running", "-", "10.0.0.7", "1h", "30m", "gpu"],
+        ["-", "i-0000000c", "running", "-", "-", "-", "-"],
+        ["alpha", "i-0000000a", "stopped", "-", "-", "-", "gpu"],
+    ]
+    assert len({line.index("running") for line in lines[:2]}) == 1  # aligned
