@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mutation testing of ec2's deciding code: run by hand, not by pytest.
 
-    python3 tests/mutation.py [--jobs N] [--only NAME,...] [--list]
+    python3 tests/mutation.py [--jobs N] [--only NAME,...] [--minutes M] [--list]
 
 Makes one mutant of ec2 at a time (a comparison turned around, `and` for
 `or`, a `not` dropped, a number moved by one, True for False, a statement
@@ -17,13 +17,16 @@ The remote sh scripts are strings to this tool: they were mutated by hand.
 
 import argparse
 import ast
-import concurrent.futures
 import copy
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,17 +112,23 @@ def replace(tree, old, new):
                         value[n] = new
 
 
-def run(source, scratch, timeout):
+def run(source, scratch, timeout, running):
     """Run the fast suite on SOURCE in SCRATCH; True if it passes (the mutant survives)."""
     (scratch / "ec2").write_text("#!/usr/bin/env python3\n" + source)
     (scratch / "ec2").chmod(0o755)
     env = {**os.environ, "EC2_FUZZ_EXAMPLES": "25", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *FAST],
+                            cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running.add(proc)
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *FAST],
-                              cwd=scratch, env=env, capture_output=True, timeout=timeout)
+        return proc.wait(timeout) == 0
     except subprocess.TimeoutExpired:
         return False  # a mutant that hangs the suite is caught by its time-outs
-    return done.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # pytest then tears its fixtures down
+            proc.wait()
+        running.discard(proc)
 
 
 def main():
@@ -128,6 +137,8 @@ def main():
     parser.add_argument("--only", help="mutate only these functions, comma-separated")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=int, default=300, help="seconds for one run (default: 300)")
+    parser.add_argument("--minutes", type=float, help="start no mutant after this many minutes"
+                        " (default: run them all)")
     args = parser.parse_args()
     source = (ROOT / "ec2").read_text()
     tree = ast.parse(source)
@@ -146,31 +157,46 @@ def main():
         for name in ("README.md", "pyproject.toml"):
             shutil.copy(ROOT / name, scratch / name)
         scratches.append(scratch)
+    running, survivors, done, threads = set(), [], [], []
+    deadline = time.monotonic() + 60 * args.minutes if args.minutes else None
+    todo = queue.Queue()
+    for mutant in mutants:
+        todo.put(mutant)
+
+    def worker(scratch):
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                function, line, mutated, what = todo.get_nowait()
+            except queue.Empty:
+                return
+            if run(ast.unparse(mutated), scratch, args.timeout, running):
+                survivors.append((function, line, what))
+                print(f"SURVIVED ec2:{line} {function}: {what}", flush=True)
+            done.append(line)
+            if len(done) % 25 == 0:
+                print(f"... {len(done)}/{len(mutants)}", flush=True)
+
     try:
-        if not run(ast.unparse(tree), scratches[0], args.timeout):
+        if not run(ast.unparse(tree), scratches[0], args.timeout, running):
             raise SystemExit("the fast suite fails on ec2's own source, unparsed: fix that first")
-        survivors = []
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            free = list(scratches)
-
-            def one(mutant):
-                scratch = free.pop()
-                try:
-                    return mutant, run(ast.unparse(mutant[2]), scratch, args.timeout)
-                finally:
-                    free.append(scratch)
-
-            for n, ((function, line, _, what), survived) in enumerate(pool.map(one, mutants), 1):
-                if survived:
-                    survivors.append((function, line, what))
-                    print(f"SURVIVED ec2:{line} {function}: {what}", flush=True)
-                if n % 25 == 0:
-                    print(f"... {n}/{len(mutants)}", flush=True)
-        killed = len(mutants) - len(survivors)
-        print(f"{killed} of {len(mutants)} mutants killed ({100 * killed / max(len(mutants), 1):.1f}%)")
+        threads = [threading.Thread(target=worker, args=(scratch,), daemon=True) for scratch in scratches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(1)
+    except KeyboardInterrupt:
+        deadline = 0  # the workers take nothing more
+        for proc in list(running):
+            proc.send_signal(signal.SIGINT)
+        for thread in threads:
+            thread.join()
     finally:
         for scratch in scratches:
             shutil.rmtree(scratch)
+    killed = len(done) - len(survivors)
+    print(f"{killed} of {len(done)} mutants run were killed ({100 * killed / max(len(done), 1):.1f}%);"
+          f" {len(mutants) - len(done)} of {len(mutants)} not run")
 
 
 if __name__ == "__main__":
