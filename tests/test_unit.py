@@ -318,6 +318,7 @@ def test_the_config_examples_shown_are_valid(tmp_path, where, text):
 @pytest.mark.parametrize("launched, shown", [
     ("2026-11-27T09:00:00+00:00", "3h 0m"), ("2026-11-27T11:59:30Z", "0m"),
     ("2026-11-24T10:30:00.000Z", "3d 1h"), ("2026-11-27T11:15:00+00:00", "45m"), ("junk", None), (None, None),
+    ("2026-11-26T12:00:00Z", "1d 0h"), ("2026-11-26T12:00:01Z", "23h 59m"),
 ])
 def test_uptime_of_a_running_instance(launched, shown):
     from datetime import datetime, timezone
@@ -569,3 +570,28 @@ def test_instance_table_puts_running_first_and_names_the_profile():
         ["alpha", "i-0000000a", "stopped", "-", "-", "-", "gpu"],
     ]
     assert len({line.index("running") for line in lines[:2]}) == 1  # aligned
+
+
+@pytest.mark.parametrize("bind", [None, "localhost", "127.0.0.1", "*", ""])
+def test_a_free_port_is_free_for_every_bind_address(bind):
+    assert ec2.port_is_free(free_port(), bind) is True
+
+
+def test_a_port_in_time_wait_is_free_as_it_is_to_ssh():
+    # The side that closes first keeps the port in TIME_WAIT. An earlier ssh
+    # forward (which, like ssh now, set SO_REUSEADDR) leaves it so; ssh binds
+    # it anyway, so ec2 must not call it taken.
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server's side closes first: TIME_WAIT on PORT
+    client.close()
+    server.close()
+    plain = socket.socket()
+    with plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # the control: without SO_REUSEADDR it is taken
+    assert ec2.port_is_free(port, "127.0.0.1") is True
