@@ -595,3 +595,17 @@ def test_a_port_in_time_wait_is_free_as_it_is_to_ssh():
     with plain, pytest.raises(OSError):
         plain.bind(("127.0.0.1", port))  # the control: without SO_REUSEADDR it is taken
     assert ec2.port_is_free(port, "127.0.0.1") is True
+
+
+def test_jupyter_looks_no_further_than_port_65535(monkeypatch):
+    monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: port > 65535)
+    with pytest.raises(ec2.Failure, match="no free local port for Jupyter in 65500-65535"):
+        ec2.jupyter_local_port(65500)
+
+
+def test_the_same_forward_from_profile_and_command_line_is_kept_once(ec2_run, clean_env, monkeypatch):
+    monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: True)
+    write_config(clean_env, "[p]\nhost = box\nforward = 6006 9000:9001\n")
+    _, argv, _, _ = ec2_run("-H", "p", "-L", "6006", "-L", "7000")
+    assert [argv[n + 1] for n, word in enumerate(argv) if word == "-L"] == [
+        "6006:localhost:6006", "9000:localhost:9001", "7000:localhost:7000"]
