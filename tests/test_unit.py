@@ -1,6 +1,7 @@
 """main(argv) with os.execvp replaced by a recorder: what ec2 decides to run."""
 
 import json
+import os
 import socket
 
 import pytest
@@ -609,3 +610,16 @@ def test_the_same_forward_from_profile_and_command_line_is_kept_once(ec2_run, cl
     _, argv, _, _ = ec2_run("-H", "p", "-L", "6006", "-L", "7000")
     assert [argv[n + 1] for n, word in enumerate(argv) if word == "-L"] == [
         "6006:localhost:6006", "9000:localhost:9001", "7000:localhost:7000"]
+
+
+def test_forward_records_are_kept_in_a_private_directory(tmp_path):
+    directory = tmp_path / "forwards"
+    path = ec2.record_forwards(str(directory), "box", [ec2.forward_spec("8888")])
+    assert directory.stat().st_mode & 0o777 == 0o700 & ~current_umask()
+    assert open(path).read() == "box\n8888 localhost 8888\n"
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
