@@ -58,8 +58,10 @@ def test_listing_keeps_running_servers_and_notes_broken_files():
                      "skipped /r/nbserver-4.json: not a complete Jupyter server file"]
 
 
-def test_a_unix_socket_server_is_skipped_with_a_note():
-    text = listing(("running", "/r/jpserver-5.json", json.dumps({**INFO, "port": 0, "sock": "/run/j.sock"})))
+@pytest.mark.parametrize("port", [0, 8888])  # a socket, whatever port the file gives
+def test_a_unix_socket_server_is_skipped_with_a_note(port):
+    info = {**INFO, "port": port, "sock": "/run/j.sock"}
+    text = listing(("running", "/r/jpserver-5.json", json.dumps(info)))
     servers, notes = ec2.read_jupyter_servers(text)
     assert servers == [] and notes == [
         "skipped /r/jpserver-5.json: the server listens on a Unix socket, /run/j.sock,"
