@@ -360,3 +360,24 @@ def test_the_page_of_an_ended_ssh_is_removed_with_its_record(tmp_path):
     (tmp_path / f"{os.getpid()}.html").write_text("token")
     assert ec2.running_forwards(str(tmp_path), "box") == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{os.getpid()}.html"]
+
+
+@pytest.mark.parametrize("port", ['"x"', "null", '"8888"'])
+def test_a_port_that_is_no_number_is_an_incomplete_file(port):
+    text = answer("ec2-lab ready window /r/f.json", '{"port": ' + port + '}')
+    if port == '"8888"':
+        assert lab_server(text)["port"] == "8888"  # as Jupyter's own files may have it; int() reads it
+    else:
+        with pytest.raises(ec2.Failure, match="is not a complete Jupyter server file"):
+            lab_server(text)
+
+
+def test_a_short_exited_line_is_an_unexpected_answer():
+    with pytest.raises(ec2.Failure, match="^unexpected answer from box: ec2-lab exited 127$"):
+        lab_server(answer("ec2-lab exited 127"))
+
+
+def test_an_unexpected_answer_is_shown_in_200_characters():
+    with pytest.raises(ec2.Failure) as e:
+        lab_server(answer("ec2-lab what " + "x" * 300))
+    assert str(e.value) == "unexpected answer from box: " + ("ec2-lab what " + "x" * 300)[:200]
