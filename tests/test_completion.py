@@ -100,6 +100,7 @@ def test_bash_reads_the_config_the_command_line_names(completion):
 def test_bash_completes_sessions_without_starting_ec2(completion):
     need("bash")
     assert completion.bash("no") == ["notebooks"]
+    assert completion.bash("-j", "--lab", "no") == ["notebooks"]  # after options that take no value
     assert completion.starts() == 0
 
 
