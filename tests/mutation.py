@@ -116,7 +116,10 @@ def run(source, scratch, timeout, running):
     """Run the fast suite on SOURCE in SCRATCH; True if it passes (the mutant survives)."""
     (scratch / "ec2").write_text("#!/usr/bin/env python3\n" + source)
     (scratch / "ec2").chmod(0o755)
-    env = {**os.environ, "EC2_FUZZ_EXAMPLES": "25", "PYTHONDONTWRITEBYTECODE": "1"}
+    # A mutant may write where ec2 never would (a mutated ~/.cache path): give it a home of its own.
+    (scratch / "home").mkdir(exist_ok=True)
+    env = {**os.environ, "EC2_FUZZ_EXAMPLES": "25", "PYTHONDONTWRITEBYTECODE": "1",
+           "HOME": str(scratch / "home")}
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *FAST],
                             cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     running.add(proc)
