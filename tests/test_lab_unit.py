@@ -381,3 +381,9 @@ def test_an_unexpected_answer_is_shown_in_200_characters():
     with pytest.raises(ec2.Failure) as e:
         lab_server(answer("ec2-lab what " + "x" * 300))
     assert str(e.value) == "unexpected answer from box: " + ("ec2-lab what " + "x" * 300)[:200]
+
+
+def test_a_progress_line_without_a_count_is_no_traceback(monkeypatch):
+    (result, started), err = progress(monkeypatch, ["ec2-lab starting", "ec2-lab wait",
+                                                    "ec2-lab ready window /r/f.json", "{}"], tty=True)
+    assert started and result.startswith("ec2-lab ready") and "ready (" in err
