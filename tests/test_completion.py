@@ -159,8 +159,14 @@ def zsh(completion, tmp_path):
 def tab(terminal, line, expect=None):
     """Type LINE and press TAB; return the screen once EXPECT (a regex) is on it, else after 2 s."""
     terminal.keys("C-l")  # zsh clears the screen; tmux forgets what scrolled off
-    terminal.tmux("clear-history", "-t", "term")
-    wait_until(lambda: terminal.screen().strip() == "%", what=f"a clear screen:\n{terminal.screen()}")
+
+    def cleared():
+        # tmux keeps a cleared screen in its history, once zsh has cleared it:
+        # forget it on each look, as C-l may come after the first.
+        terminal.tmux("clear-history", "-t", "term")
+        return terminal.screen().strip() == "%"
+
+    wait_until(cleared, what=f"a clear screen:\n{terminal.screen()}")
     terminal.type(line, enter=False)
     terminal.keys("Tab")
     if expect:
