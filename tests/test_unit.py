@@ -52,7 +52,8 @@ def test_taken_explicit_forward_is_refused_naming_the_port(ec2_run):
         port = held.getsockname()[1]
         status, argv, _, err = ec2_run("-L", str(port), "-H", "box")
     assert (status, argv) == (1, None)
-    assert f"ec2: local port {port} is already in use" in err
+    assert (f"ec2: local port {port} is already in use; free it, or forward another local port"
+            f" to it, e.g. -L {port + 1}:{port}\n") in err
 
 
 def test_jupyter_skips_a_port_an_explicit_forward_claims(ec2_run):
