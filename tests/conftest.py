@@ -8,6 +8,7 @@ socket, typed into with send-keys and read with capture-pane.
 
 import importlib.machinery
 import importlib.util
+import json
 import os
 import pwd
 import shlex
@@ -96,12 +97,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def private_cache(tmp_path_factory):
-    """ec2's forward records go to a directory of the test run, not ~/.cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """ec2's forward records and session list go to a directory of each test's own, not
+    ~/.cache: no test sees what another left there."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture
@@ -217,6 +217,28 @@ class Recorder:
 @pytest.fixture
 def recorder(tmp_path):
     return Recorder(tmp_path)
+
+
+# --- a stand-in aws, for what moto does not do (SSM, EICE) --------------------
+
+
+def install_aws_standin(directory, plugin=True):
+    """Put tests/aws_standin.py in DIRECTORY as `aws` (with a `session-manager-plugin`
+    beside it, unless PLUGIN is false); return the file its calls are logged to."""
+    directory.mkdir(exist_ok=True)
+    aws = directory / "aws"
+    standin = shlex.join([sys.executable, str(ROOT / "tests" / "aws_standin.py")])
+    aws.write_text(f'#!/bin/sh\nEC2_TEST_AWS_HERE={shlex.quote(str(directory))} exec {standin} "$@"\n')
+    aws.chmod(0o755)
+    if plugin:  # only looked for: the stand-in aws does the plugin's work itself
+        (directory / "session-manager-plugin").write_text("#!/bin/sh\nexit 1\n")
+        (directory / "session-manager-plugin").chmod(0o755)
+    return directory / "aws-calls"
+
+
+def aws_calls(log):
+    """The argv of each call of the stand-in aws, in order."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 # --- a real host: sshd in a network namespace ----------------------------------

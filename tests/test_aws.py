@@ -283,10 +283,10 @@ def test_no_credentials_gives_the_aws_clis_message(run_ec2):
     assert done.stderr.startswith("ec2: aws: ") and "Unable to locate credentials" in done.stderr
 
 
-def test_instance_commands_need_an_instance(run_ec2):
-    for option in ("--status", "--stop", "--start"):
-        done = run_ec2("-H", "plain-host", option)
-        assert done.returncode == 2 and "need an EC2 instance" in done.stderr
+@pytest.mark.parametrize("option", ["--status", "--stop", "--start"])
+def test_instance_commands_need_an_instance(run_ec2, option):
+    done = run_ec2("-H", "plain-host", option)
+    assert done.returncode == 2 and "need an EC2 instance" in done.stderr
 
 
 def test_host_and_instance_in_one_profile_is_an_error(run_ec2, tmp_path):

@@ -134,7 +134,8 @@ def test_stale_and_half_written_files_are_left_out(host, jupyter, tmp_path):
 def test_url_follows_a_local_port_that_moved(host, jupyter, terminal):
     port = jupyter["with_token"]
     with socket.socket() as held:
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the last test's forward
+        # Another test's forward of this port may have left connections in TIME_WAIT.
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         held.bind(("127.0.0.1", port))
         held.listen()
         hold_forward(terminal, host, "-j", "--jupyter-port", str(port))

@@ -95,24 +95,6 @@ def test_session_needs_a_terminal(recorder):
                            " run ec2 from a terminal, or leave out SESSION for plain ssh\n")
 
 
-def test_taken_forward_port_is_refused(recorder):
-    import socket
-
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        done = recorder.run("-L", str(port), "-H", "box")
-    assert done.returncode == 1 and recorder.argv() is None
-    assert f"local port {port} is already in use" in done.stderr
-
-
-def test_bad_config_names_file_and_key(recorder, tmp_path):
-    config = tmp_path / "bad.ini"
-    config.write_text("[gpu]\nhost = box\njupyter_port = eighty\n")
-    done = recorder.run("--config", str(config), "-H", "gpu")
-    assert done.returncode == 1
-    assert done.stderr == f"ec2: {config}: [gpu] jupyter_port: 'eighty' is not a port (1-65535)\n"
 
 
 def test_list_prints_the_sessions_in_one_round_trip(recorder):

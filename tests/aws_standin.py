@@ -1,0 +1,77 @@
+"""A stand-in `aws` for the tests of SSM and EICE: what moto does not do.
+
+tests/conftest.py installs it first on PATH as `aws`. It appends its argv,
+as one JSON line, to $EC2_TEST_AWS_LOG, and then:
+  ssm start-session ... portNumber=P,
+  ec2-instance-connect open-tunnel ... --remote-port P
+      relay stdin and stdout to port P of $EC2_TEST_TUNNEL_HOST, as the two
+      AWS services do to the instance (the host is a test's own sandbox);
+  ssm describe-instance-information   print $EC2_TEST_SSM_ANSWER;
+  ec2 describe-instance-connect-endpoints   print $EC2_TEST_EICE_ANSWER;
+  --version   print $EC2_TEST_AWS_VERSION, when it is set;
+  ec2 describe-instances   print $EC2_TEST_DESCRIBE, when it is set;
+and hands anything else to the real AWS CLI (moto, in the tests).
+"""
+
+import json
+import os
+import selectors
+import socket
+import sys
+
+
+def relay(host, port):
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.settimeout(None)
+    selector = selectors.DefaultSelector()
+    selector.register(0, selectors.EVENT_READ)
+    selector.register(sock, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj == 0:
+                data = os.read(0, 65536)
+                if not data:
+                    selector.unregister(0)
+                    sock.shutdown(socket.SHUT_WR)
+                else:
+                    sock.sendall(data)
+            else:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                os.write(1, data)
+
+
+def after(args, option):
+    return args[args.index(option) + 1]
+
+
+def main():
+    args = sys.argv[1:]
+    with open(os.environ["EC2_TEST_AWS_LOG"], "a") as log:
+        log.write(json.dumps(args) + "\n")
+    command = [a for a in args if not a.startswith("-")][:2]
+    canned = {("ssm", "describe-instance-information"): "EC2_TEST_SSM_ANSWER",
+              ("ec2", "describe-instance-connect-endpoints"): "EC2_TEST_EICE_ANSWER",
+              ("ec2", "describe-instances"): "EC2_TEST_DESCRIBE"}.get(tuple(command))
+    if command == ["ssm", "start-session"]:
+        return relay(os.environ["EC2_TEST_TUNNEL_HOST"], int(after(args, "--parameters").split("=")[1]))
+    if command == ["ec2-instance-connect", "open-tunnel"]:
+        return relay(os.environ["EC2_TEST_TUNNEL_HOST"], int(after(args, "--remote-port")))
+    if args == ["--version"] and os.environ.get("EC2_TEST_AWS_VERSION"):
+        print(os.environ["EC2_TEST_AWS_VERSION"])
+        return 0
+    if canned and canned in os.environ:
+        print(os.environ[canned])
+        return 0
+    here = os.environ["EC2_TEST_AWS_HERE"]  # the directory of the `aws` that ran this
+    os.environ["PATH"] = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != here)
+    try:
+        os.execvp("aws", ["aws", *args])
+    except OSError:
+        print("aws_standin: no real AWS CLI on PATH", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

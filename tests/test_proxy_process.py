@@ -1,0 +1,214 @@
+"""ec2 --proxy and --ssh-config, as the real script, with the real ssh reading what they write.
+
+--proxy is run as ssh runs a ProxyCommand: with pipes (it relays), or with
+a socket for ProxyUseFdpass (it hands the connection over and exits). A
+listening socket on loopback stands in for the instance's sshd.
+"""
+
+import array
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EC2, aws_calls, install_aws_standin
+
+INSTANCE_ID = "i-0123456789abcdef0"
+
+
+@pytest.fixture
+def listener():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(10)
+        yield server
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    """Start ec2 --proxy ARGS with a config of [box] on loopback; return the Popen."""
+    config = tmp_path / "ec2.ini"
+    config.write_text("[box]\nhost = someone@127.0.0.1\n")
+    started = []
+
+    def start(*args, **kwargs):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EC2_")}
+        proc = subprocess.Popen([sys.executable, str(EC2), "--config", str(config), "--proxy", *args],
+                                env={**env, **kwargs.pop("env", {})}, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_relays_through_pipes_both_ways_until_the_instance_closes(proxy, listener):
+    port = listener.getsockname()[1]
+    proc = proxy(f"box:{port}", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    conn, _ = listener.accept()
+    with conn:
+        payload = os.urandom(1 << 20)
+        proc.stdin.write(payload)
+        proc.stdin.close()  # ssh is done sending: the instance sees the end, and may still answer
+        received = b""
+        while len(received) < len(payload):
+            received += conn.recv(1 << 16)
+        assert received == payload and conn.recv(1) == b""
+        conn.sendall(b"SSH-2.0-answer\r\n")
+    assert proc.stdout.read() == b"SSH-2.0-answer\r\n"
+    assert proc.wait(10) == 0 and proc.stderr.read() == b""
+
+
+def test_hands_the_connection_to_ssh_and_is_gone(proxy, listener):
+    port = listener.getsockname()[1]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = proxy(f"box:{port}", stdin=theirs, stdout=theirs)
+        assert proc.wait(10) == 0  # gone before any byte of the connection passes
+        data, ancillary, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(array.array("i").itemsize))
+        assert data == b"\0" and ancillary[0][:2] == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        fd = array.array("i", ancillary[0][2])[0]
+    with socket.socket(fileno=fd) as handed, listener.accept()[0] as conn:
+        assert handed.getpeername() == ("127.0.0.1", port)
+        handed.sendall(b"hello")
+        assert conn.recv(5) == b"hello"
+
+
+def test_port_22_unless_given():
+    from conftest import ec2
+
+    assert ec2.proxy_target("gpu") == ("gpu", 22)
+    assert ec2.proxy_target("gpu:2222") == ("gpu", 2222)
+    assert ec2.proxy_target("ubuntu@i-0123456789abcdef0:22") == ("ubuntu@i-0123456789abcdef0", 22)
+    assert ec2.proxy_target("odd:name") == ("odd:name", 22)
+
+
+def test_a_refused_connection_is_one_line_on_stderr_and_nothing_on_stdout(proxy, listener):
+    port = listener.getsockname()[1]
+    listener.close()
+    proc = proxy(f"box:{port}", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.wait(10) == 1 and proc.stdout.read() == b""
+    said = proc.stderr.read().decode()
+    assert said == f"ec2: cannot connect to 127.0.0.1 port {port}: Connection refused\n"
+
+
+def tunnel_env(tmp_path, private="10.1.2.3"):
+    """The stand-in aws on PATH, describing INSTANCE_ID with no public address, online in SSM."""
+    log = install_aws_standin(tmp_path / "bin")
+    found = {"InstanceId": INSTANCE_ID, "State": {"Name": "running"}, "VpcId": "vpc-1",
+             "PrivateIpAddress": private}
+    return log, {
+        "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "EC2_TEST_AWS_LOG": str(log),
+        "EC2_TEST_DESCRIBE": json.dumps({"Reservations": [{"Instances": [found]}]}),
+        "EC2_TEST_SSM_ANSWER": json.dumps({"InstanceInformationList": [{"PingStatus": "Online"}]}),
+        "EC2_TEST_TUNNEL_HOST": "127.0.0.1",
+    }
+
+
+def test_execs_the_ssm_tunnel_to_the_port_asked_for(proxy, listener, tmp_path):
+    port = listener.getsockname()[1]
+    log, env = tunnel_env(tmp_path)
+    proc = proxy(f"{INSTANCE_ID}:{port}", env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    with listener.accept()[0] as conn:
+        conn.sendall(b"through SSM")
+    assert proc.stdout.read(11) == b"through SSM"
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    assert proc.stderr.read().decode() == (f"ec2: {INSTANCE_ID} has no public-dns address;"
+                                           " connecting through SSM Session Manager\n")
+    assert aws_calls(log)[-1] == ["ssm", "start-session", "--target", INSTANCE_ID, "--document-name",
+                                  "AWS-StartSSHSession", "--parameters", f"portNumber={port}"]
+
+
+def test_a_tunnel_cannot_be_handed_over(proxy, tmp_path):
+    _, env = tunnel_env(tmp_path)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = proxy(INSTANCE_ID, env=env, stdin=theirs, stdout=theirs, stderr=subprocess.PIPE)
+        assert proc.wait(10) == 1
+        assert proc.stderr.read().decode().endswith(
+            f"ec2: {INSTANCE_ID} connects through SSM, where no socket can be handed over:"
+            " take 'ProxyUseFdpass yes' out of its Host block\n")
+
+
+# --- --ssh-config, read back by the real ssh ----------------------------------------
+
+PROFILES = f"""\
+[gpu]
+instance = {INSTANCE_ID}
+user = ubuntu
+identity = /keys/gpu key.pem
+connect = direct
+ssh_options = -o ServerAliveInterval=60 -A
+
+[train]
+instance = train-box
+user = ec2-user
+push_key = yes
+
+[plain]
+host = me@10.0.0.7
+forward = 6006
+
+[odd name]
+host = x
+"""
+
+
+def ssh_reads(config, name, *args):
+    """What the real ssh makes of the Host block for NAME: ssh -G, as a dict."""
+    done = subprocess.run(["ssh", "-G", "-F", str(config), *args, name], capture_output=True, text=True,
+                          check=True, stdin=subprocess.DEVNULL)
+    return dict(line.partition(" ")[::2] for line in done.stdout.splitlines())
+
+
+@pytest.fixture
+def generated(tmp_path):
+    config = tmp_path / "ec2.ini"
+    config.write_text(PROFILES)
+    done = subprocess.run([sys.executable, str(EC2), "--config", str(config), "--ssh-config"],
+                          capture_output=True, text=True, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert done.returncode == 0 and done.stderr == ""
+    (tmp_path / "ssh_config").write_text(done.stdout)
+    return tmp_path / "ssh_config", config
+
+
+def test_ssh_config_blocks_reach_each_profile_by_name(generated, tmp_path):
+    ssh_config, config = generated
+    gpu = ssh_reads(ssh_config, "gpu")
+    assert gpu["proxycommand"] == f"{EC2} --config {config} --proxy 'gpu:%p'"
+    assert (gpu["proxyusefdpass"], gpu["hostkeyalias"], gpu["user"]) == ("yes", INSTANCE_ID, "ubuntu")
+    assert (gpu["identityfile"], gpu["serveraliveinterval"]) == ("/keys/gpu key.pem", "60")
+    train = ssh_reads(ssh_config, "train")
+    assert train["proxycommand"] == f"{EC2} --config {config} --proxy 'train:%p'"
+    assert train["proxyusefdpass"] == "no" and "hostkeyalias" not in train  # a Name: ssh keys it by 'train'
+    assert train["identityfile"] == f"{tmp_path}/ec2/push_key"
+    plain = ssh_reads(ssh_config, "plain")
+    assert (plain["hostname"], plain["user"], plain.get("proxycommand")) == ("10.0.0.7", "me", None)
+    assert "# [odd name]: not a name ssh can match; left out" in ssh_config.read_text()
+
+
+def test_ssh_config_with_no_profiles_says_so(tmp_path):
+    config = tmp_path / "empty.ini"
+    config.write_text("")
+    done = subprocess.run([sys.executable, str(EC2), "--config", str(config), "--ssh-config"],
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"ec2: no profiles in {config}, so no Host blocks to write\n"
+
+
+@pytest.mark.parametrize("args", [["--proxy", "gpu", "-H", "gpu"], ["--proxy", "gpu", "work"],
+                                  ["--proxy", "gpu", "--start"], ["--ssh-config", "--via", "ssm"],
+                                  ["--ssh-config", "--list"], ["--proxy", "gpu", "-j"]])
+def test_what_does_not_go_with_proxy_or_ssh_config(args):
+    done = subprocess.run([sys.executable, str(EC2), *args], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("usage: ec2")

@@ -1,0 +1,339 @@
+"""The way in to an instance (direct, SSM, EICE), push_key and --ssh-config, in-process.
+
+The AWS CLI is replaced by a fake that answers by command and records each
+call, so these tests show which calls each decision costs.
+"""
+
+import json
+import os
+import shlex
+import stat
+
+import pytest
+
+from conftest import ec2, write_config
+
+INSTANCE_ID = "i-0123456789abcdef0"
+PLUGIN_PAGE = ec2.SSM_PLUGIN_PAGE
+DENIED = "aws: An error occurred (AccessDeniedException) when calling the X operation: no"
+UNAUTHORIZED = "aws: An error occurred (UnauthorizedOperation) when calling the X operation: no"
+
+
+class Aws:
+    """ec2.aws and ec2.aws_cli_version replaced: answers by (service, command), records calls."""
+
+    def __init__(self, monkeypatch, version=(2, 15), **answers):
+        self.calls, self.answers = [], answers
+        self.version = version
+        monkeypatch.setattr(ec2, "aws", self)
+        monkeypatch.setattr(ec2, "aws_cli_version", lambda: (self.version, f"aws-cli/{self.version}"))
+
+    def __call__(self, profile, *args):
+        self.calls.append(args)
+        answer = self.answers[args[1].replace("-", "_")]
+        if isinstance(answer, str):
+            raise ec2.Failure(answer)
+        return answer
+
+
+def online(status="Online"):
+    return {"InstanceInformationList": [{"InstanceId": INSTANCE_ID, "PingStatus": status}]}
+
+
+def endpoints(*states):
+    return {"InstanceConnectEndpoints": [{"InstanceConnectEndpointId": f"eice-0{n}", "State": state}
+                                         for n, state in enumerate(states)]}
+
+
+def instance(public=None, private="10.1.2.3"):
+    found = {"InstanceId": INSTANCE_ID, "State": {"Name": "running"}, "VpcId": "vpc-0abc",
+             "SubnetId": "subnet-0def"}
+    if public:
+        found.update(PublicDnsName=public, PublicIpAddress="1.2.3.4")
+    if private:
+        found["PrivateIpAddress"] = private
+    return found
+
+
+def profile(**keys):
+    p = ec2.Profile("gpu", "/cfg")
+    p.instance = INSTANCE_ID
+    for key, value in keys.items():
+        setattr(p, key, value)
+    return p
+
+
+def plugin(present):
+    return lambda name: f"/usr/bin/{name}" if present and name == ec2.SSM_PLUGIN else None
+
+
+SSM = ["aws", "ssm", "start-session", "--target", INSTANCE_ID, "--document-name", "AWS-StartSSHSession",
+       "--parameters", f"portNumber={ec2.PORT_TOKEN}"]
+EICE = ["aws", "ec2-instance-connect", "open-tunnel", "--instance-id", INSTANCE_ID, "--remote-port",
+        ec2.PORT_TOKEN]
+
+# The decision table: mode, public address, plugin, answers -> path, host, aws calls made.
+ROUTES = [
+    # auto with the address asked for: direct, and no call beyond describe-instances.
+    ("auto", "ec2-1.example", True, {}, "direct", "ec2-1.example", []),
+    ("direct", "ec2-1.example", True, {}, "direct", "ec2-1.example", []),
+    ("auto", None, True, {"describe_instance_information": online()}, "ssm", INSTANCE_ID,
+     ["describe-instance-information"]),
+    ("auto", None, False, {"describe_instance_connect_endpoints": endpoints("create-complete")}, "eice",
+     INSTANCE_ID, ["describe-instance-connect-endpoints"]),
+    ("auto", None, True, {"describe_instance_information": online("ConnectionLost"),
+                          "describe_instance_connect_endpoints": endpoints("create-complete")},
+     "eice", INSTANCE_ID, ["describe-instance-information", "describe-instance-connect-endpoints"]),
+    # An AccessDenied is "unknown": auto moves on.
+    ("auto", None, True, {"describe_instance_information": DENIED,
+                          "describe_instance_connect_endpoints": endpoints("create-complete")},
+     "eice", INSTANCE_ID, ["describe-instance-information", "describe-instance-connect-endpoints"]),
+    ("auto", None, False, {"describe_instance_connect_endpoints": endpoints("create-in-progress")},
+     "direct", "10.1.2.3", ["describe-instance-connect-endpoints"]),
+    ("auto", None, False, {"describe_instance_connect_endpoints": UNAUTHORIZED},
+     "direct", "10.1.2.3", ["describe-instance-connect-endpoints"]),
+    # An explicit mode goes ahead on "unknown".
+    ("ssm", "ec2-1.example", True, {"describe_instance_information": DENIED}, "ssm", INSTANCE_ID,
+     ["describe-instance-information"]),
+    ("eice", None, True, {"describe_instance_connect_endpoints": DENIED}, "eice", INSTANCE_ID,
+     ["describe-instance-connect-endpoints"]),
+]
+
+
+@pytest.mark.parametrize("mode, public, has_plugin, answers, path, host, calls", ROUTES)
+def test_the_way_in(monkeypatch, mode, public, has_plugin, answers, path, host, calls):
+    fake = Aws(monkeypatch, **answers)
+    route = ec2.choose_route(profile(), instance(public), mode, plugin(has_plugin))
+    assert (route.mode, route.host) == (path, host)
+    assert [args[1] for args in fake.calls] == calls
+    assert (route.note is None) == (path == "direct" and host != "10.1.2.3")
+
+
+def test_ssm_asks_for_this_instance_and_tunnels_to_ssh_s_port(monkeypatch):
+    fake = Aws(monkeypatch, describe_instance_information=online())
+    route = ec2.choose_route(profile(region="eu-west-1", aws_profile="work"), instance(), "auto",
+                             plugin(True))
+    (args,) = fake.calls
+    assert args[:3] == ("ssm", "describe-instance-information", "--filters")
+    assert json.loads(args[3]) == [{"Key": "InstanceIds", "Values": [INSTANCE_ID]}]
+    assert route.tunnel == [*SSM, "--region", "eu-west-1", "--profile", "work"]
+    assert route.note == f"{INSTANCE_ID} has no public-dns address; connecting through SSM Session Manager"
+
+
+def test_eice_looks_in_the_instance_s_vpc_and_names_the_endpoint(monkeypatch):
+    fake = Aws(monkeypatch,
+               describe_instance_connect_endpoints=endpoints("delete-complete", "create-complete"))
+    route = ec2.choose_route(profile(), instance(), "eice", plugin(False))
+    (args,) = fake.calls
+    assert args[:3] == ("ec2", "describe-instance-connect-endpoints", "--filters")
+    assert json.loads(args[3]) == [{"Name": "vpc-id", "Values": ["vpc-0abc"]}]
+    assert route.tunnel == [*EICE, "--instance-connect-endpoint-id", "eice-01"]
+    assert route.note == (f"{INSTANCE_ID}: connecting through EC2 Instance Connect Endpoint eice-01, which"
+                          " ends every connection after at most 60 minutes (tmux keeps your session)")
+
+
+def test_eice_id_of_the_profile_saves_the_lookup(monkeypatch):
+    fake = Aws(monkeypatch)
+    route = ec2.choose_route(profile(eice_id="eice-0given"), instance(), "eice", plugin(False))
+    assert fake.calls == [] and route.tunnel[-2:] == ["--instance-connect-endpoint-id", "eice-0given"]
+
+
+def test_unknown_endpoint_leaves_the_choice_to_the_cli(monkeypatch):
+    Aws(monkeypatch, describe_instance_connect_endpoints=DENIED)
+    route = ec2.choose_route(profile(), instance(), "eice", plugin(False))
+    assert route.tunnel == EICE and "its VPC's EC2 Instance Connect Endpoint" in route.note
+
+
+def test_auto_says_what_was_missing_when_it_tries_the_private_address(monkeypatch):
+    Aws(monkeypatch, (1, 46), describe_instance_information=online("ConnectionLost"))
+    route = ec2.choose_route(profile(), instance(), "auto", plugin(True))
+    assert route == ec2.Route("direct", "10.1.2.3", None, (
+        f"{INSTANCE_ID} has no public-dns address; trying its private address 10.1.2.3 (not SSM, as"
+        f" {INSTANCE_ID} is not online in SSM (its agent is ConnectionLost): its SSM agent must run, its"
+        " instance profile must allow SSM (AmazonSSMManagedInstanceCore), and it must reach SSM on port"
+        " 443; not EICE, as the AWS CLI here (aws-cli/(1, 46)) has no `aws ec2-instance-connect"
+        " open-tunnel`; install AWS CLI v2, 2.12 or later)"))
+
+
+@pytest.mark.parametrize("mode, has_plugin, version, answers, message", [
+    ("direct", True, (2, 15), {}, f"instance {INSTANCE_ID} has no public-dns address; choose another"
+     " with 'address =' (public-dns, public-ip, private-ip), or connect through SSM or EICE"),
+    ("ssm", False, (2, 15), {}, f"cannot connect through SSM: the Session Manager plugin"
+     f" (session-manager-plugin) is not installed; install it: {PLUGIN_PAGE}"),
+    ("ssm", True, (2, 15), {"describe_instance_information": {"InstanceInformationList": []}},
+     f"cannot connect through SSM: {INSTANCE_ID} is not online in SSM: its SSM agent must run"),
+    ("eice", True, (1, 46), {}, "cannot connect through EICE: the AWS CLI here (aws-cli/(1, 46)) has no"),
+    ("eice", True, (2, 11), {}, "cannot connect through EICE: the AWS CLI here (aws-cli/(2, 11)) has no"),
+    ("eice", True, (2, 12), {"describe_instance_connect_endpoints": endpoints()}, "cannot connect through"
+     " EICE: there is no EC2 Instance Connect Endpoint in vpc-0abc; create one: aws ec2"
+     " create-instance-connect-endpoint --subnet-id subnet-0def"),
+    ("auto", False, (1, 46), {}, f"{INSTANCE_ID} has no public-dns address; and no private one: not SSM,"),
+    ("ssm", True, (2, 15), {"describe_instance_information": "aws: Could not connect to the endpoint URL"},
+     "aws: Could not connect to the endpoint URL"),
+])
+def test_a_missing_piece_is_one_message(monkeypatch, mode, has_plugin, version, answers, message):
+    Aws(monkeypatch, version, **answers)
+    with pytest.raises(ec2.Failure) as e:
+        ec2.choose_route(profile(), instance(private=None if mode == "auto" else "10.1.2.3"), mode,
+                         plugin(has_plugin))
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("said, version", [
+    ("aws-cli/2.15.30 Python/3.11.8 Linux/6.5 exe/x86_64.ubuntu.22", (2, 15)),
+    ("aws-cli/1.46.3 Python/3.11.7 Linux/6.18 botocore/1.43.62", (1, 46)),
+    ("command not found", None),
+])
+def test_the_cli_version_is_read_from_what_it_prints(monkeypatch, said, version):
+    class Done:
+        stdout, stderr = "", said + "\n"  # version 1 wrote it on stderr
+
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: Done)
+    assert ec2.aws_cli_version() == (version, said.split(" ")[0])
+
+
+def unproxied(line, port=22):
+    """The words the shell runs for a ProxyCommand LINE, once ssh has expanded %% and %p."""
+    import re
+
+    expanded = re.sub("%(.)", lambda m: {"%": "%", "p": str(port)}[m.group(1)], line)
+    return shlex.split(expanded)
+
+
+def test_proxy_command_quotes_each_word_and_escapes_percent():
+    words = ["aws", "ssm", "start-session", "--parameters", f"portNumber={ec2.PORT_TOKEN}",
+             "--profile", "it's 100% %p; rm -rf ~"]
+    line = ec2.proxy_command(words)
+    assert line.count("%p") == 2  # the port, and the user's literal %p, escaped as %%p
+    assert unproxied(line, 2222) == [*words[:4], "portNumber=2222", "--profile", "it's 100% %p; rm -rf ~"]
+
+
+# --- the whole command line -------------------------------------------------------
+
+
+@pytest.fixture
+def via(ec2_run, monkeypatch, clean_env):
+    """Run ec2.main with describe-instances answering INSTANCE (no public address)."""
+    monkeypatch.setattr("shutil.which", plugin(True))
+
+    def run(*args, answers=None, config="", found=None):
+        fake = Aws(monkeypatch, describe_instances={"Reservations": [{"Instances": [found or instance()]}]},
+                   **(answers or {}))
+        write_config(clean_env, config)
+        return (*ec2_run(*args), fake.calls)
+
+    return run
+
+
+def test_ssm_argv_keeps_the_user_s_options_first_and_the_rest_of_ec2(via):
+    status, argv, out, err, _ = via("-H", f"ubuntu@{INSTANCE_ID}", "work", "-j", "--", "-o",
+                                    "ServerAliveInterval=5",
+                                    answers={"describe_instance_information": online()})
+    assert status == "exec", err
+    proxy = ec2.proxy_command(SSM)
+    forward = argv.index("-L")
+    assert argv[:3] == ["ssh", "-o", "ServerAliveInterval=5"] and forward == 3  # ssh keeps the first -o
+    assert argv[forward + 2:] == ["-o", f"HostKeyAlias={INSTANCE_ID}", "-o", f"ProxyCommand={proxy}",
+                                  "-o", "ServerAliveInterval=30", "-o", "ExitOnForwardFailure=yes", "-o",
+                                  "ControlPath=none", "-t", f"ubuntu@{INSTANCE_ID}",
+                                  "tmux", "-2", "new-session", "-A", "-s", "work"]
+    assert err.startswith(f"ec2: {INSTANCE_ID} has no public-dns address; connecting"
+                                           " through SSM Session Manager\n")
+
+
+def test_dry_run_prints_what_runs(via):
+    status, _, out, _, _ = via("--dry-run", "--via", "eice", "-H", INSTANCE_ID,
+                               answers={"describe_instance_connect_endpoints": endpoints("create-complete")})
+    assert status == 0
+    tunnel = ec2.proxy_command([*EICE, "--instance-connect-endpoint-id", "eice-00"])
+    assert shlex.split(out) == ["ssh", "-o", f"HostKeyAlias={INSTANCE_ID}", "-o", f"ProxyCommand={tunnel}",
+                                "-o", "ServerAliveInterval=30", INSTANCE_ID]
+
+
+def test_profile_connect_and_via(via):
+    found = instance("ec2-1.example")
+    _, argv, _, _, calls = via("-H", "gpu", config=f"[gpu]\ninstance = {INSTANCE_ID}\nconnect = ssm\n",
+                               answers={"describe_instance_information": online()}, found=found)
+    assert argv[-1] == INSTANCE_ID and [c[1] for c in calls] == ["describe-instances",
+                                                                 "describe-instance-information"]
+    _, argv, _, _, calls = via("-H", "gpu", "--via", "direct", found=found,
+                               config=f"[gpu]\ninstance = {INSTANCE_ID}\nconnect = ssm\n")
+    assert argv[-1] == "ec2-1.example" and len(calls) == 1
+
+
+@pytest.mark.parametrize("args", [["--via", "ssm"], ["--push-key"]])
+def test_via_and_push_key_need_an_instance(ec2_run, args):
+    status, argv, _, err = ec2_run("-H", "box", *args)
+    assert (status, argv) == (2, None) and "need an EC2 instance" in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[p]\ninstance = b\nconnect = tunnel\n", "[p] connect: 'tunnel' is not one of auto, direct, ssm, eice"),
+    ("[p]\nhost = b\nconnect = ssm\n", "[p] connect: goes with 'instance =' only"),
+    ("[p]\nhost = b\npush_key = yes\n", "[p] push_key: goes with 'instance =' only"),
+    ("[p]\nhost = b\neice_id = eice-1\n", "[p] eice_id: goes with 'instance =' only"),
+    ("[p]\ninstance = b\npush_key = maybe\n", "[p] push_key: 'maybe' is neither yes nor no"),
+    ("[p]\ninstance = b\neice_id = -x\n", "[p] eice_id: invalid value '-x'"),
+])
+def test_config_errors_of_the_way_in(ec2_run, clean_env, text, message):
+    path = write_config(clean_env, text)
+    status, argv, _, err = ec2_run("-H", "p")
+    assert (status, argv) == (1, None) and err.startswith(f"ec2: {path}") and message in err
+
+
+# --- push_key ---------------------------------------------------------------------
+
+
+def test_push_key_sends_the_identity_s_public_half_for_the_user(via, tmp_path):
+    key = tmp_path / "gpu.pem"
+    key.write_text("private")
+    (tmp_path / "gpu.pem.pub").write_text("ssh-ed25519 AAAAC3Nz me@laptop\n")
+    status, argv, _, _, calls = via("-H", "gpu", found=instance("ec2-1.example"),
+                                    answers={"send_ssh_public_key": {"Success": True}},
+                                    config=f"[gpu]\ninstance = {INSTANCE_ID}\nuser = ubuntu\n"
+                                    f"identity = {key}\npush_key = yes\n")
+    assert status == "exec" and argv[1:3] == ["-i", str(key)]
+    assert calls[1] == ("ec2-instance-connect", "send-ssh-public-key", "--instance-id", INSTANCE_ID,
+                        "--instance-os-user", "ubuntu", "--ssh-public-key", "ssh-ed25519 AAAAC3Nz me@laptop")
+
+
+def test_push_key_without_identity_makes_a_private_key_once(via, clean_env):
+    answers = {"send_ssh_public_key": {"Success": True}}
+    status, argv, _, _, calls = via("--push-key", "-H", f"ubuntu@{INSTANCE_ID}", answers=answers,
+                                    found=instance("ec2-1.example"))
+    key = os.path.join(os.environ["XDG_CACHE_HOME"], "ec2", "push_key")
+    assert status == "exec" and argv[1:3] == ["-i", key]
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    with open(key + ".pub") as f:
+        public = f.read().strip()
+    assert public.startswith("ssh-ed25519 ") and calls[1][-1] == public
+    via("--push-key", "-H", f"ubuntu@{INSTANCE_ID}", answers=answers, found=instance("ec2-1.example"))
+    with open(key + ".pub") as f:
+        assert f.read().strip() == public  # kept, not made again
+
+
+def test_push_key_dry_run_sends_and_makes_nothing(via):
+    status, _, out, _, calls = via("--push-key", "--dry-run", "-H", f"ubuntu@{INSTANCE_ID}",
+                                   found=instance("ec2-1.example"))
+    key = os.path.join(os.environ["XDG_CACHE_HOME"], "ec2", "push_key")
+    assert status == 0 and len(calls) == 1 and not os.path.exists(key)
+    assert out.startswith(f"# ec2 first sends {key}.pub for ubuntu with EC2 Instance Connect")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-H", INSTANCE_ID], "push_key needs the user to log in as on the instance"),
+    (["-H", f"ubuntu@{INSTANCE_ID}", "-i", "KEY"], "push_key needs KEY.pub, the public half of KEY"),
+])
+def test_push_key_refuses_what_it_cannot_send(via, tmp_path, args, message):
+    key = tmp_path / "id"
+    key.write_text("private")
+    args = [str(key) if a == "KEY" else a for a in args]
+    status, argv, _, err, calls = via("--push-key", *args, found=instance("ec2-1.example"))
+    assert (status, argv, len(calls)) == (1, None, 1)
+    assert err.startswith("ec2: " + message.replace("KEY", str(key)))
+
+
+def test_a_refused_key_is_one_message(via):
+    status, argv, _, err, _ = via("--push-key", "-H", f"ubuntu@{INSTANCE_ID}", found=instance("x.example"),
+                                  answers={"send_ssh_public_key": {"Success": False}})
+    assert (status, argv) == (1, None) and "EC2 Instance Connect did not take the key" in err
