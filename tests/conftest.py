@@ -219,6 +219,92 @@ def recorder(tmp_path):
     return Recorder(tmp_path)
 
 
+# --- the AWS CLI against moto ----------------------------------------------------
+
+
+MOTO = ROOT / "tests" / "moto_ec2.py"
+
+
+class Moto:
+    """moto on 127.0.0.1, and the environment that points the AWS CLI at it."""
+
+    def __init__(self, tmp_path, env=None):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(MOTO), str(self.port)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     env={**os.environ, **(env or {})})
+        assert self.proc.stdout.readline() == "ready\n"
+        self.env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            # Never ask the instance metadata service (a link-local address)
+            # for credentials, and never read the developer's own AWS files.
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        }
+        self.image = self.aws("ec2", "describe-images")["Images"][0]["ImageId"]
+
+    def aws(self, *args, env=None):
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        done = subprocess.run(["aws", *args, "--output", "json"], env={**base, **self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout or "{}")
+
+    def launch(self, name, instance_type="t3.micro", subnet=None, private_ip=None):
+        """A new running instance with that Name tag; returns its id.
+
+        In a SUBNET of the test's own (see private_subnet), it has no public address.
+        """
+        tags = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}]
+        where = (["--subnet-id", subnet] if subnet else []) + (["--private-ip-address", private_ip]
+                                                             if private_ip else [])
+        made = self.aws("ec2", "run-instances", "--image-id", self.image, "--instance-type",
+                        instance_type, "--tag-specifications", json.dumps(tags), *where)
+        return made["Instances"][0]["InstanceId"]
+
+    def private_subnet(self, cidr):
+        """A new VPC with one subnet of CIDR, whose instances get no public address."""
+        vpc = self.aws("ec2", "create-vpc", "--cidr-block", cidr)["Vpc"]["VpcId"]
+        return self.aws("ec2", "create-subnet", "--vpc-id", vpc, "--cidr-block", cidr)["Subnet"]["SubnetId"]
+
+    def sent_keys(self):
+        """The (instance id, user, key) of each send-ssh-public-key moto has taken."""
+        self.proc.stdin.write("keys\n")
+        self.proc.stdin.flush()
+        return [tuple(sent) for sent in json.loads(self.proc.stdout.readline())]
+
+    def describe(self, instance_id, env=None):
+        found = self.aws("ec2", "describe-instances", "--instance-ids", instance_id, env=env)
+        return found["Reservations"][0]["Instances"][0]
+
+    def set_state(self, instance_id, state):
+        """Put the instance in a state moto's API never leaves it in (or 'launched N')."""
+        self.proc.stdin.write(f"{instance_id} {state}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "ok\n"
+
+    def stop(self):
+        self.proc.stdin.close()
+        stop_pid(self.proc.pid)
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        skip_or_fail("the EC2 tests need moto[server] (pip install 'moto[server]' awscli)")
+    if not shutil.which("aws"):
+        skip_or_fail("the EC2 tests need the AWS CLI (pip install awscli)")
+    m = Moto(tmp_path_factory.mktemp("aws"))
+    yield m
+    m.stop()
+
+
 # --- a stand-in aws, for what moto does not do (SSM, EICE) --------------------
 
 
@@ -343,6 +429,7 @@ PrintMotd no
 PrintLastLog no
 SetEnv TMUX_TMPDIR={self.tmux_dir}
 AcceptEnv JUPYTER_RUNTIME_DIR
+Subsystem sftp internal-sftp
 """)
         self.ssh_config.write_text(f"""\
 Host instance

@@ -7,19 +7,35 @@ serves moto's AWS API on 127.0.0.1:PORT, as `moto_server` does, and prints
 one passes through pending, stopping and shutting-down, and ec2 must handle
 those too. So a line "INSTANCE-ID STATE" on stdin puts that instance of
 us-east-1 in STATE, and "INSTANCE-ID launched SECONDS" dates its launch
-SECONDS ago; the answer is "ok", or "error: ..." on one line. The server
-stops when stdin closes.
+SECONDS ago; the answer is "ok", or "error: ..." on one line. moto takes
+EC2 Instance Connect's send-ssh-public-key and forgets it: here each one is
+kept, and a line "keys" answers with them all, [[instance id, user, key],
+...], as one JSON line. The server stops when stdin closes.
 """
 
+import json
 import sys
 from datetime import datetime, timedelta, timezone
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
+from moto.ec2instanceconnect.responses import Ec2InstanceConnectResponse
 from moto.server import ThreadedMotoServer
 
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
                "stopping": 64, "stopped": 80}
+
+
+SENT_KEYS = []
+
+
+def send_ssh_public_key(self):
+    body = json.loads(self.body)
+    SENT_KEYS.append([body["InstanceId"], body["InstanceOSUser"], body["SSHPublicKey"]])
+    return json.dumps({"RequestId": f"request-{len(SENT_KEYS)}", "Success": True})
+
+
+Ec2InstanceConnectResponse.send_ssh_public_key = send_ssh_public_key
 
 
 def set_state(instance_id, state, seconds=None):
@@ -36,6 +52,9 @@ def main():
     server.start()
     print("ready", flush=True)
     for line in sys.stdin:
+        if line.strip() == "keys":
+            print(json.dumps(SENT_KEYS), flush=True)
+            continue
         try:
             set_state(*line.split())
             print("ok", flush=True)

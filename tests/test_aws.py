@@ -15,73 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, skip_or_fail, stop_pid, wait_until
-
-MOTO = Path(__file__).with_name("moto_ec2.py")
-
-
-class Moto:
-    """moto on 127.0.0.1, and the environment that points the AWS CLI at it."""
-
-    def __init__(self, tmp_path, env=None):
-        self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, str(MOTO), str(self.port)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env={**os.environ, **(env or {})})
-        assert self.proc.stdout.readline() == "ready\n"
-        self.env = {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            # Never ask the instance metadata service (a link-local address)
-            # for credentials, and never read the developer's own AWS files.
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
-        }
-        self.image = self.aws("ec2", "describe-images")["Images"][0]["ImageId"]
-
-    def aws(self, *args, env=None):
-        base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        done = subprocess.run(["aws", *args, "--output", "json"], env={**base, **self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout or "{}")
-
-    def launch(self, name, instance_type="t3.micro"):
-        """A new running instance with that Name tag; returns its id."""
-        tags = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}]
-        made = self.aws("ec2", "run-instances", "--image-id", self.image, "--instance-type",
-                        instance_type, "--tag-specifications", json.dumps(tags))
-        return made["Instances"][0]["InstanceId"]
-
-    def describe(self, instance_id, env=None):
-        found = self.aws("ec2", "describe-instances", "--instance-ids", instance_id, env=env)
-        return found["Reservations"][0]["Instances"][0]
-
-    def set_state(self, instance_id, state):
-        """Put the instance in a state moto's API never leaves it in (or 'launched N')."""
-        self.proc.stdin.write(f"{instance_id} {state}\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline() == "ok\n"
-
-    def stop(self):
-        self.proc.stdin.close()
-        stop_pid(self.proc.pid)
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    try:
-        import moto  # noqa: F401
-    except ImportError:
-        skip_or_fail("the EC2 tests need moto[server] (pip install 'moto[server]' awscli)")
-    if not shutil.which("aws"):
-        skip_or_fail("the EC2 tests need the AWS CLI (pip install awscli)")
-    m = Moto(tmp_path_factory.mktemp("aws"))
-    yield m
-    m.stop()
+from conftest import Moto, aws_calls, install_aws_standin, stop_pid, wait_until
 
 
 @pytest.fixture
@@ -384,6 +318,117 @@ def test_instances_needs_a_profile_for_h(run_ec2, moto):
 def test_instances_passes_on_what_aws_says(run_ec2, moto):
     done = run_ec2("--instances", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     assert done.returncode == 1 and done.stderr.startswith("ec2: aws: ")
+
+
+# --- instances with no public address: the way in ------------------------------
+#
+# moto answers describe-instances and send-ssh-public-key; the stand-in aws
+# (tests/aws_standin.py) answers what moto does not do, and logs every call.
+
+
+@pytest.fixture
+def private(run_ec2, moto, tmp_path):
+    """A moto instance in a subnet of its own, with no public address; the stand-in aws on PATH."""
+    log = install_aws_standin(tmp_path / "aws-bin", plugin=False)
+    run_ec2.recorder.env.update(PATH=f"{tmp_path / 'aws-bin'}{os.pathsep}{run_ec2.recorder.env['PATH']}",
+                                EC2_TEST_AWS_LOG=str(log))
+    subnet = moto.private_subnet("10.77.0.0/16")
+    instance_id = moto.launch(unique("private"), subnet=subnet)
+    found = moto.describe(instance_id)
+    assert "PublicIpAddress" not in found and "PublicDnsName" not in found or not found["PublicDnsName"]
+    return found, log
+
+
+def plugin_on_path(run_ec2, tmp_path):
+    (tmp_path / "aws-bin" / "session-manager-plugin").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "aws-bin" / "session-manager-plugin").chmod(0o755)
+
+
+def commands(log):
+    return [[word for word in call if not word.startswith("-")][:2] for call in aws_calls(log)]
+
+
+def test_direct_costs_one_aws_call(run_ec2, moto, tmp_path):
+    log = install_aws_standin(tmp_path / "aws-bin")
+    instance_id = moto.launch(unique("public"))
+    path = f"{tmp_path / 'aws-bin'}{os.pathsep}{run_ec2.recorder.env['PATH']}"  # the recording ssh stays
+    done = run_ec2("-H", instance_id, env={"PATH": path, "EC2_TEST_AWS_LOG": str(log)})
+    assert done.returncode == 0 and done.stderr == ""
+    assert run_ec2.recorder.argv()[-1] == moto.describe(instance_id)["PublicDnsName"]
+    assert commands(log) == [["ec2", "describe-instances"]]
+
+
+def test_auto_with_nothing_but_the_private_address_says_what_was_missing(run_ec2, private):
+    found, log = private
+    done = run_ec2("-H", found["InstanceId"])  # no plugin, and the real CLI is version 1
+    assert done.returncode == 0
+    address = found["PrivateIpAddress"]
+    assert run_ec2.recorder.argv()[-1] == address
+    who = f"{found['InstanceId']} ({found['Tags'][0]['Value']})"
+    assert done.stderr.startswith(f"ec2: {who} has no public-dns address; trying its private"
+                                  f" address {address} (not SSM, as the Session Manager plugin")
+    assert "; not EICE, as the AWS CLI here (aws-cli/1." in done.stderr
+    assert commands(log) == [["ec2", "describe-instances"], []]  # and `aws --version`
+
+
+def test_the_real_cli_version_1_cannot_open_a_tunnel(run_ec2, private):
+    found, _ = private
+    done = run_ec2("-H", found["InstanceId"], "--via", "eice")
+    assert (done.returncode, run_ec2.recorder.argv()) == (1, None)
+    assert done.stderr.startswith("ec2: cannot connect through EICE: the AWS CLI here (aws-cli/1.")
+    assert done.stderr.endswith(") has no `aws ec2-instance-connect open-tunnel`; install AWS CLI v2,"
+                                " 2.12 or later\n")
+
+
+@pytest.mark.parametrize("via, env, message", [
+    ("ssm", {}, "cannot connect through SSM: the Session Manager plugin (session-manager-plugin) is not"
+     " installed; install it: https://docs.aws.amazon.com/"),
+    ("ssm", {"plugin": True, "EC2_TEST_SSM_ANSWER": '{"InstanceInformationList": []}'},
+     "cannot connect through SSM: {id} is not online in SSM: its SSM agent must run, its instance profile"
+     " must allow SSM (AmazonSSMManagedInstanceCore), and it must reach SSM on port 443"),
+    ("eice", {"EC2_TEST_AWS_VERSION": "aws-cli/2.15.0 Python/3.11.6", "EC2_TEST_EICE_ANSWER":
+              '{"InstanceConnectEndpoints": []}'},
+     "cannot connect through EICE: there is no EC2 Instance Connect Endpoint in {vpc}; create one: aws ec2"
+     " create-instance-connect-endpoint --subnet-id {subnet}"),
+])
+def test_each_missing_piece_is_one_line_and_no_ssh(run_ec2, private, tmp_path, via, env, message):
+    found, _ = private
+    if env.pop("plugin", False):
+        plugin_on_path(run_ec2, tmp_path)
+    done = run_ec2("-H", found["InstanceId"], "--via", via, env=env)
+    assert (done.returncode, run_ec2.recorder.argv()) == (1, None)
+    expected = message.format(id=found["InstanceId"], vpc=found["VpcId"], subnet=found["SubnetId"])
+    assert done.stderr.startswith(f"ec2: {expected}") and done.stderr.count("\n") == 1
+
+
+def test_auto_takes_ssm_and_then_eice(run_ec2, private, tmp_path):
+    found, log = private
+    instance_id = found["InstanceId"]
+    endpoint = {"InstanceConnectEndpointId": "eice-0abc", "State": "create-complete"}
+    eice = {"EC2_TEST_AWS_VERSION": "aws-cli/2.15.0",
+            "EC2_TEST_EICE_ANSWER": json.dumps({"InstanceConnectEndpoints": [endpoint]})}
+    done = run_ec2("--dry-run", "-H", instance_id, env=eice)
+    assert "ProxyCommand=aws ec2-instance-connect open-tunnel --instance-id" in done.stdout
+    assert "--instance-connect-endpoint-id eice-0abc" in done.stdout
+    plugin_on_path(run_ec2, tmp_path)
+    online = json.dumps({"InstanceInformationList": [{"InstanceId": instance_id, "PingStatus": "Online"}]})
+    done = run_ec2("--dry-run", "-H", instance_id, env={**eice, "EC2_TEST_SSM_ANSWER": online})
+    assert "ProxyCommand=aws ssm start-session --target" in done.stdout
+    assert done.stderr == (f"ec2: {instance_id} ({found['Tags'][0]['Value']}) has no public-dns address;"
+                           " connecting through SSM Session Manager\n")
+    # The SSM filter reached the CLI as JSON, and the CLI took it.
+    assert commands(log)[-2:] == [["ec2", "describe-instances"], ["ssm", "describe-instance-information"]]
+
+
+def test_push_key_reaches_ec2_instance_connect_with_the_user_and_key(run_ec2, moto, tmp_path):
+    instance_id = moto.launch(unique("pushed"))
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    done = run_ec2("-H", "gpu", profile=f"[gpu]\ninstance = {instance_id}\nuser = ubuntu\nidentity = {key}\n"
+                   "push_key = yes\n")
+    assert done.returncode == 0, done.stderr
+    assert (instance_id, "ubuntu", key.with_suffix(".pub").read_text().strip()) in moto.sent_keys()
+    assert run_ec2.recorder.argv()[1:3] == ["-i", str(key)]
 
 
 # --- an instance found through moto, reached for real -------------------------
