@@ -32,11 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["tests/test_unit.py", "tests/test_lab_unit.py", "tests/test_process.py", "tests/test_lab_process.py",
         "tests/test_jupyter_unit.py", "tests/test_property.py", "tests/test_lab_script.py",
-        "tests/test_completion.py", "tests/test_fuzz.py"]
+        "tests/test_completion.py", "tests/test_fuzz.py", "tests/test_way_in_unit.py",
+        "tests/test_proxy_process.py"]
 # What only does (runs, execs, forks, prints progress): left to the end-to-end tests.
 DOING = {"exec_ssh", "run_remote", "open_browser_later", "open_when_answering", "run_lab_script",
          "build_parser", "main", "write_private", "wait_and_open", "start_instance", "list_sessions",
-         "show_jupyter_urls", "find_or_start_lab", "connect", "list_instances", "aws"}
+         "show_jupyter_urls", "find_or_start_lab", "connect", "list_instances", "aws", "hand_over",
+         "relay"}
 SWAP = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE,
         ast.LtE: ast.Gt, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
         ast.And: ast.Or, ast.Or: ast.And}
