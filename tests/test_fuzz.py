@@ -5,7 +5,9 @@ a process, with a terminal as stdin, and with stand-ins for ssh and aws first
 on PATH that answer what hypothesis chooses: garbage, JSON of every shape,
 the shapes ec2's scripts expect with wrong contents, any exit status, death
 by a signal. ec2 must end with a documented exit status (or ssh's own, once
-it became ssh) and never print a traceback.
+it became ssh) and never print a traceback. --proxy is left out: it connects
+by itself, to whatever host it is given; tests/test_proxy_process.py drives
+it on loopback.
 """
 
 import json
@@ -37,6 +39,10 @@ JSON_SHAPES = [
     {"Reservations": [{"Instances": [{**INSTANCE, "State": {"Name": "stopped"}}]}]},
     {"Reservations": [{"Instances": [{**INSTANCE, "LaunchTime": "yesterday"}]}]},
     {"StartingInstances": [{"CurrentState": "x"}, 1]},
+    {"Reservations": [{"Instances": [{**INSTANCE, "PublicDnsName": "", "VpcId": 3}]}]},
+    {"InstanceInformationList": [{"PingStatus": "Online"}, 1]}, {"InstanceInformationList": "x"},
+    {"InstanceConnectEndpoints": [{"State": "create-complete"}, {"InstanceConnectEndpointId": 1}]},
+    {"Success": "yes"},
 ]
 ANSWERS = st.one_of(
     st.sampled_from(["", "<html>Please log in</html>", "WARNING: old CLI\n{}", "\x00\xff",
@@ -47,6 +53,7 @@ ANSWERS = st.one_of(
                      "ec2-lab ready window /r/f.json\n{\"port\": 8888, \"hostname\": [1], \"base_url\": 3}",
                      "ec2-lab exited", "ec2-lab exited 127 -lic", "ec2-lab timeout\n\x1b[31mred",
                      "ec2-lab starting\nec2-lab wait x\nec2-lab ready", "ec2-lab tmux-error",
+                     "aws-cli/2.15.0 Python/3", "aws-cli/x",
                      "\nec2-jupyter-file running /f\n{\"port\": \"8888\", \"token\": [1]}",
                      "\nec2-jupyter-file running /f\n{\"port\": -1}",
                      "\nec2-jupyter-file running\n", "work: 1 windows\nbad line"]),
@@ -58,7 +65,8 @@ WORDS = st.one_of(
                      "--lab", "--no-browser", "-j", "--jupyter-port", "-L", "-H", "-i", "--config",
                      "--completion", "--", "--help", "--version", "work", "données", "x;y", "-",
                      "8888", "0", "99999", "8888:9999", "[::1]:1:h:2", "a:b:c:d:e", "gpu", "box",
-                     "i-0123456789abcdef0", "u@i-01234567", "bash", "fish", "/nonexistent", ""]),
+                     "i-0123456789abcdef0", "u@i-01234567", "bash", "fish", "/nonexistent", "",
+                     "--via", "ssm", "eice", "direct", "--push-key", "--ssh-config"]),
     st.text(max_size=12),
 )
 CONFIG_LINES = st.one_of(
@@ -67,7 +75,8 @@ CONFIG_LINES = st.one_of(
                      "user = ubuntu", "identity = /nonexistent", "jupyter_port = 88888", "forward = 6006 x",
                      "ssh_options = -o 'unclosed", "region = -x", "address = moon", "lab_timeout = 0",
                      "conda_env = $(id)", "open_browser = maybe", "lab_command =", "bogus = 1",
-                     "host = a\n  continued", "[gpu]\n[gpu]", "%(interp)s = 1"]),
+                     "host = a\n  continued", "[gpu]\n[gpu]", "%(interp)s = 1", "connect = ssm",
+                     "connect = eice", "connect = x", "push_key = yes", "eice_id = eice-1", "[odd name]"]),
     st.text(max_size=20),
 )
 

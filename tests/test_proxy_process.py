@@ -212,3 +212,13 @@ def test_ssh_config_with_no_profiles_says_so(tmp_path):
 def test_what_does_not_go_with_proxy_or_ssh_config(args):
     done = subprocess.run([sys.executable, str(EC2), *args], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("usage: ec2")
+
+
+def test_a_name_dns_cannot_carry_is_one_line(tmp_path):
+    # idna refuses a label over 63 characters before any lookup: nothing leaves this machine.
+    config = tmp_path / "ec2.ini"
+    config.write_text(f"[long]\nhost = {'a' * 64}.example\n")
+    done = subprocess.run([sys.executable, str(EC2), "--config", str(config), "--proxy", "long"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"ec2: cannot connect to {'a' * 64}.example port 22: not a valid host name\n"
