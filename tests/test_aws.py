@@ -420,6 +420,24 @@ def test_auto_takes_ssm_and_then_eice(run_ec2, private, tmp_path):
     assert commands(log)[-2:] == [["ec2", "describe-instances"], ["ssm", "describe-instance-information"]]
 
 
+@pytest.mark.parametrize("via, env", [
+    ("ssm", {"EC2_TEST_SSM_ANSWER": '{"InstanceInformationList": [{"PingStatus": "Online"}]}'}),
+    ("eice", {"EC2_TEST_AWS_VERSION": "aws-cli/2.15.0", "EC2_TEST_EICE_ANSWER": '{"InstanceConnectEndpoints":'
+              ' [{"InstanceConnectEndpointId": "eice-0abc", "State": "create-complete"}]}'}),
+])
+def test_a_tunnel_s_exec_is_exactly_what_dry_run_prints(run_ec2, private, tmp_path, via, env):
+    found, _ = private
+    plugin_on_path(run_ec2, tmp_path)
+    args = ["-H", f"ubuntu@{found['InstanceId']}", "--via", via, "-L", "6006", "--", "-o", "LogLevel=ERROR"]
+    dry = run_ec2("--dry-run", *args, env=env)
+    done = run_ec2(*args, env=env)
+    assert dry.returncode == done.returncode == 0, dry.stderr
+    assert shlex.split(dry.stdout) == run_ec2.recorder.argv()
+    assert dry.stderr == done.stderr
+    assert " portNumber=%p'" in dry.stdout or " --remote-port %p " in dry.stdout  # %p unquoted
+    assert "-o ServerAliveInterval=30 -o ExitOnForwardFailure=yes" in dry.stdout
+
+
 def test_push_key_reaches_ec2_instance_connect_with_the_user_and_key(run_ec2, moto, tmp_path):
     instance_id = moto.launch(unique("pushed"))
     key = tmp_path / "id_ed25519"

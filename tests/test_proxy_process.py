@@ -185,11 +185,11 @@ def generated(tmp_path):
 def test_ssh_config_blocks_reach_each_profile_by_name(generated, tmp_path):
     ssh_config, config = generated
     gpu = ssh_reads(ssh_config, "gpu")
-    assert gpu["proxycommand"] == f"{EC2} --config {config} --proxy 'gpu:%p'"
+    assert gpu["proxycommand"] == f"{EC2} --config {config} --proxy gpu:%p"
     assert (gpu["proxyusefdpass"], gpu["hostkeyalias"], gpu["user"]) == ("yes", INSTANCE_ID, "ubuntu")
     assert (gpu["identityfile"], gpu["serveraliveinterval"]) == ("/keys/gpu key.pem", "60")
     train = ssh_reads(ssh_config, "train")
-    assert train["proxycommand"] == f"{EC2} --config {config} --proxy 'train:%p'"
+    assert train["proxycommand"] == f"{EC2} --config {config} --proxy train:%p"
     assert train["proxyusefdpass"] == "no" and "hostkeyalias" not in train  # a Name: ssh keys it by 'train'
     assert train["identityfile"] == f"{tmp_path}/ec2/push_key"
     plain = ssh_reads(ssh_config, "plain")
