@@ -133,7 +133,7 @@ def test_a_tunnel_cannot_be_handed_over(proxy, tmp_path):
     _, env = tunnel_env(tmp_path)
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        proc = proxy(INSTANCE_ID, env=env, stdin=theirs, stdout=theirs, stderr=subprocess.PIPE)
+        proc = proxy(f"{INSTANCE_ID}:22", env=env, stdin=theirs, stdout=theirs, stderr=subprocess.PIPE)
         assert proc.wait(10) == 1
         assert proc.stderr.read().decode().endswith(
             f"ec2: {INSTANCE_ID} connects through SSM, where no socket can be handed over:"
