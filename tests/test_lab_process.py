@@ -65,13 +65,21 @@ def test_the_url_has_the_token_and_the_token_is_in_no_argv(recorder, browser, tm
     assert recorder.argv()[-3:] == ["-A", "-s", "lab"]
 
 
+def connecting(recorder):
+    """Whether ec2 has become the interactive ssh: its second call, after --lab's round trip.
+
+    By then ec2 has checked the local port; a server that starts later leaves it where it is.
+    """
+    return lambda: (recorder.record.parent / f"{recorder.record.name}.2").exists()
+
+
 def test_the_browser_gets_a_private_page_once_jupyter_answers(recorder, browser):
     environ, record, port = browser
-    began, stop = serve_later(port, 1.5)
+    began, stop = serve_later(port, 0.3, after=connecting(recorder))
     try:
         done = with_terminal(recorder, "--lab", "-H", "box", "--jupyter-port", str(port),
                              env={**environ, "EC2_TEST_SSH_STDOUT": lab_answer(port),
-                                  "EC2_TEST_SSH_SECONDS": "4"})
+                                  "EC2_TEST_SSH_SECONDS": "2.5"})
         assert done.returncode == 0, done.stderr
         line = wait_until(lambda: record.exists() and record.read_text(), what=f"the browser {done.stderr}")
     finally:
@@ -89,13 +97,16 @@ def test_no_browser_by_flag_or_by_profile(recorder, browser, tmp_path, how):
     environ, record, port = browser
     config = tmp_path / "config"
     config.write_text("[gpu]\nhost = box\n" + ("" if how else "open_browser = no\n"))
-    began, stop = serve_later(port, 0)
+    began, stop = serve_later(port, 0, after=connecting(recorder))
     try:
         done = with_terminal(recorder, "--lab", "-H", "gpu", "--config", str(config), *how,
-                             "--jupyter-port", str(port), env={**environ, "EC2_TEST_SSH_SECONDS": "2",
+                             "--jupyter-port", str(port), env={**environ, "EC2_TEST_SSH_SECONDS": "1.5",
                                                                "EC2_TEST_SSH_STDOUT": lab_answer(port)})
         assert done.returncode == 0, done.stderr
-        time.sleep(1.5)  # a helper would have polled a server that answers at once
+        # A helper polls every 0.25 s, and the server answers as soon as ssh
+        # runs: in the time ssh lasted, one would have opened the page, as the
+        # test above shows.
+        time.sleep(0.5)
     finally:
         stop()
     assert not record.exists()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ec2, free_port, write_config
+from conftest import ec2, free_port, wait_until, write_config
 
 INFO = {"base_url": "/", "hostname": "localhost", "pid": 4242, "port": 8890, "root_dir": "/home/u",
         "secure": False, "sock": "", "token": "s3cret", "url": "http://localhost:8890/"}
@@ -278,13 +278,15 @@ class FakeJupyter(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve_later(port, delay, handler=FakeJupyter):
-    """An HTTP server on PORT after DELAY seconds; returns (started-at box, stop)."""
+def serve_later(port, delay, handler=FakeJupyter, after=lambda: True):
+    """An HTTP server on PORT after DELAY seconds, once AFTER() is true; returns (started-at box, stop)."""
     server = http.server.HTTPServer(("localhost", port), handler, bind_and_activate=False)
     began = []
 
     def run():
         time.sleep(delay)
+        while not after():
+            time.sleep(0.01)
         server.server_bind()
         server.server_activate()
         began.append(time.monotonic())
@@ -294,8 +296,10 @@ def serve_later(port, delay, handler=FakeJupyter):
     thread.start()
 
     def stop():
-        thread.join(delay + 1)
+        # shutdown() waits for serve_forever(), so the server must have started.
+        wait_until(lambda: began, timeout=delay + 30, what="the server to start")
         server.shutdown()
+        thread.join()
         server.server_close()
 
     return began, stop
