@@ -7,6 +7,7 @@ test can count what one TAB costs.
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 
@@ -55,12 +56,13 @@ class Completion:
         assert done.returncode == 0 and done.stderr == "", done.stderr
         return sorted(filter(None, done.stdout.splitlines()))
 
-    def fish(self, line):
+    def fish(self, line, described=False):
+        """What fish offers for LINE (with its descriptions, if DESCRIBED), run in a directory of files."""
         script = f'ec2 --completion fish | source; : > $LOG; complete -C "{line}"'
         done = subprocess.run(["fish", "--no-config", "-c", script], env={**self.env, "LOG": str(self.log)},
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30, cwd=self.tmp)
         assert done.returncode == 0 and done.stderr == "", done.stderr
-        return sorted(line.split("\t")[0] for line in done.stdout.splitlines())
+        return sorted(line if described else line.split("\t")[0] for line in done.stdout.splitlines())
 
 
 @pytest.fixture
@@ -132,6 +134,14 @@ def test_fish_completes_options_profiles_sessions_and_choices(completion):
     assert completion.starts() == 1
     assert completion.fish("ec2 note") == ["notebooks"]
     assert completion.fish("ec2 --completion ") == ["bash", "fish", "zsh"]
+
+
+def test_fish_describes_options_and_offers_no_file_where_a_value_goes(completion):
+    need("fish")
+    assert completion.fish("ec2 --li", described=True) == ["--list\tlist the tmux sessions on the instance"
+                                                           " and exit"]
+    assert completion.fish("ec2 --jupyter-port ") == []  # a port: no files (the directory has some)
+    assert completion.fish("ec2 --dry-run note") == ["notebooks"]  # a flag takes no value
 
 
 def test_fish_with_a_broken_config_completes_nothing_and_says_nothing(completion):
@@ -238,6 +248,18 @@ def test_the_list_keeps_the_most_recent_names(tmp_path):
     assert len(names) == ec2.SESSIONS_KEPT and names[0] == f"s{ec2.SESSIONS_KEPT + 4}"
 
 
+def test_the_list_is_private_and_written_only_when_it_changes(tmp_path):
+    environ = {"XDG_CACHE_HOME": str(tmp_path)}
+    ec2.remember_sessions(["work"], environ)
+    path = tmp_path / "ec2" / "sessions"
+    assert stat.S_IMODE((tmp_path / "ec2").stat().st_mode) == 0o700
+    written = path.stat().st_ino
+    ec2.remember_sessions(["work"], environ)  # nothing new: ec2 leaves the file alone
+    assert path.stat().st_ino == written
+    ec2.remember_sessions(["other"], environ)
+    assert path.stat().st_ino != written and path.read_text() == "other\nwork\n"
+
+
 def test_an_unwritable_list_is_no_error(tmp_path):
     (tmp_path / "ec2").write_text("a file where the directory would be")
     ec2.remember_sessions(["work"], {"XDG_CACHE_HOME": str(tmp_path)})  # no exception
@@ -249,3 +271,18 @@ def test_complete_answers_only_what_it_knows(capsys, tmp_path):
     config.write_text(PROFILES)
     assert ec2.main(["--complete", "profiles", "--config", str(config)]) == 0
     assert capsys.readouterr() == ("gpu\ncpu-box\n", "")
+
+
+def test_complete_with_a_config_option_but_no_file_yet_reads_the_usual_one(monkeypatch, capsys, tmp_path):
+    # The line being typed: `ec2 --config -H <TAB>` gives the script no file name.
+    (tmp_path / "ec2").mkdir()
+    (tmp_path / "ec2" / "config").write_text("[usual]\nhost = u\n")
+    monkeypatch.delenv("EC2_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert ec2.main(["--complete", "profiles", "--config"]) == 0
+    assert capsys.readouterr() == ("usual\n", "")
+
+
+def test_only_options_are_sorted_for_completion():
+    kinds = ec2.completion_options(ec2.build_parser())
+    assert all(action.option_strings for actions in kinds.values() for action in actions)
