@@ -6,6 +6,7 @@ port forwards can tell. A person's terminal is a tmux pane on a private
 socket, typed into with send-keys and read with capture-pane.
 """
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import json
@@ -88,6 +89,21 @@ def running(pid):
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def held_port(port=0, address="127.0.0.1", reuse=False):
+    """PORT (0: a free one) taken by a listening socket on ADDRESS for the with-block; yields it.
+
+    REUSE sets SO_REUSEADDR, as ssh does, to take a port that a closed
+    connection left in TIME_WAIT.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as sock:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
 def free_port():

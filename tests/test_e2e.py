@@ -8,14 +8,13 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
-from conftest import EC2, ec2, free_port, stop_pid, wait_until
+from conftest import EC2, ec2, free_port, held_port, stop_pid, wait_until
 
 
 def attached(host, session):
@@ -123,9 +122,7 @@ def _try_fetch(port):
 def test_taken_jupyter_port_moves_and_the_notice_survives_tmux(fresh_host, terminal, tmp_path):
     port = free_port()
     token = serve_http(fresh_host, port, tmp_path)
-    with socket.socket(socket.AF_INET6) as held:  # taken on ::1 only
-        held.bind(("::1", port))
-        held.listen()
+    with held_port(port, "::1"):  # taken on ::1 only
         terminal.type(fresh_host.ec2_line("nb", "-j", "--jupyter-port", str(port)))
         attached(fresh_host, "nb")
         assert "Jupyter: http://localhost:" not in terminal.screen()  # tmux painted over it

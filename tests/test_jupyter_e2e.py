@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conftest import free_port, skip_or_fail, stop_pid, wait_until
+from conftest import free_port, held_port, skip_or_fail, stop_pid, wait_until
 
 TOKEN = "e2e-token-0123456789abcdef"
 
@@ -133,11 +132,8 @@ def test_stale_and_half_written_files_are_left_out(host, jupyter, tmp_path):
 
 def test_url_follows_a_local_port_that_moved(host, jupyter, terminal):
     port = jupyter["with_token"]
-    with socket.socket() as held:
-        # Another test's forward of this port may have left connections in TIME_WAIT.
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        held.bind(("127.0.0.1", port))
-        held.listen()
+    # Another test's forward of this port may have left connections in TIME_WAIT.
+    with held_port(port, reuse=True):
         hold_forward(terminal, host, "-j", "--jupyter-port", str(port))
         line = wait_until(lambda: forwarded(host, port), what="--urls to see the moved forward")
         url = line.split()[0]

@@ -2,12 +2,11 @@
 
 import json
 import os
-import socket
 import subprocess
 
 import pytest
 
-from conftest import ec2, free_port
+from conftest import ec2, free_port, held_port
 
 INFO = {"base_url": "/", "hostname": "localhost", "password": False, "pid": 1, "port": 8888,
         "root_dir": "/home/ubuntu", "secure": False, "sock": "", "token": "abc123"}
@@ -115,9 +114,7 @@ def test_listing_script_is_safe_for_any_login_shell():
 
 def test_record_is_found_while_its_process_holds_the_port(tmp_path):
     forwards, _ = ec2.plan_forwards([], free_port())
-    with socket.socket() as held:  # ssh, holding the forward's local port
-        held.bind(("127.0.0.1", forwards[0].local))
-        held.listen()
+    with held_port(forwards[0].local):  # ssh, holding the forward's local port
         ec2.record_forwards(str(tmp_path), "ubuntu@box", forwards)
         found = ec2.running_forwards(str(tmp_path), "ubuntu@box")
         assert found == {("localhost", forwards[0].remote_port): forwards[0].local}
@@ -135,9 +132,7 @@ def test_record_of_an_ended_process_is_removed(tmp_path, dead_pid):
 
 def test_record_of_a_forward_to_a_loopback_address_reaches_localhost_servers(tmp_path):
     forward = ec2.forward_spec(f"{free_port()}:127.0.0.1:8888")
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", forward.local))
-        held.listen()
+    with held_port(forward.local):
         ec2.record_forwards(str(tmp_path), "box", [forward])
         assert ec2.running_forwards(str(tmp_path), "box") == {("localhost", 8888): forward.local}
 
@@ -183,8 +178,6 @@ def test_server_on_another_address_gets_a_forward_to_that_address(capsys, monkey
 
 def test_unforwarded_url_uses_the_port_j_would_choose(capsys):
     port = free_port()
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", port))
-        held.listen()
+    with held_port(port):
         urls = ec2.print_jupyter_urls([{**INFO, "port": port}], {}, 8888, set(), suggest)
     assert urls == [f"http://localhost:{ec2.jupyter_local_port(port + 1)}/?token=abc123"]

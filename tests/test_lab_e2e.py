@@ -24,7 +24,7 @@ import pytest
 from test_e2e import attached, detach
 from test_jupyter_e2e import api_status
 
-from conftest import free_port, skip_or_fail, stop_pid, wait_until
+from conftest import free_port, held_port, skip_or_fail, stop_pid, wait_until
 
 RECORDING_BROWSER = """#!{python}
 # Records the page it is given, and whether Jupyter answered through the
@@ -249,9 +249,7 @@ def test_the_forward_follows_jupyter_to_the_next_port(lab, terminal, tmp_path):
 def test_a_taken_local_port_moves_and_says_so(lab, terminal):
     port = free_pair()
     lab.profile(lab_command="jupyter server --no-browser")
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", port))
-        held.listen()
+    with held_port(port):
         terminal.type(lab.line("nb", "--lab", "--no-browser", "--jupyter-port", str(port)))
         attached(lab.host, "nb")
         url, remote = shown_url(terminal)

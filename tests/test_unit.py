@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import EC2, ec2, free_port, write_config
+from conftest import EC2, ec2, free_port, held_port, write_config
 
 
 def test_plain_ssh(ec2_run):
@@ -35,10 +35,7 @@ def test_default_jupyter_port_is_8888(ec2_run, monkeypatch):
 
 @pytest.mark.parametrize("family, address", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_taken_jupyter_port_moves_to_the_next_free_one(ec2_run, family, address):
-    with socket.socket(family) as held:
-        held.bind((address, 0))
-        held.listen()
-        port = held.getsockname()[1]
+    with held_port(0, address) as port:
         status, argv, _, err = ec2_run("-j", "--jupyter-port", str(port), "-H", "box")
     local = int(argv[2].split(":")[0])
     assert local > port and argv[2] == f"{local}:localhost:{port}"
@@ -46,10 +43,7 @@ def test_taken_jupyter_port_moves_to_the_next_free_one(ec2_run, family, address)
 
 
 def test_taken_explicit_forward_is_refused_naming_the_port(ec2_run):
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
+    with held_port() as port:
         status, argv, _, err = ec2_run("-L", str(port), "-H", "box")
     assert (status, argv) == (1, None)
     assert (f"ec2: local port {port} is already in use; free it, or forward another local port"
