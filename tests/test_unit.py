@@ -162,9 +162,27 @@ def test_help_teaches_with_examples(ec2_run):
         assert text in out
 
 
-def test_list_refuses_session_and_forwards(ec2_run):
-    status, _, _, err = ec2_run("--list", "work", "-H", "box")
-    assert status == 2 and "--list takes no SESSION" in err
+@pytest.mark.parametrize("args, message", [
+    (["--list", "work"], "--list takes no SESSION, -j or -L"),
+    (["--urls", "-L", "6006"], "--urls takes no SESSION, -j or -L"),
+    (["--status", "-j"], "--status takes no SESSION, -j or -L"),
+    (["--start", "--dry-run"], "--start does not go with --dry-run, --status or --stop"),
+    (["--start", "--status"], "--start does not go with --dry-run, --status or --stop"),
+    (["--start", "--stop"], "--start does not go with --dry-run, --status or --stop"),
+    (["--start", "--instances"], "--start does not go with --instances, --completion, --ssh-config"),
+    (["--start", "--completion", "bash"], "--start does not go with --instances, --completion, --ssh-config"),
+    (["--start", "--proxy", "gpu"], "--start does not go with --instances, --completion, --ssh-config or"),
+    (["--proxy", "gpu"], "--proxy NAME takes no -H: NAME is the host"),
+    (["--open", "--status"], "--open goes with --urls only"),
+    (["--no-browser"], "--no-browser goes with --lab only"),
+    (["--lab", "--list"], "--lab does not go with --list"),
+    (["--via", "ssm", "--ssh-config"], "--via and --push-key go with a connection, or --proxy"),
+    (["--push-key", "--instances"], "--via and --push-key go with a connection, or --proxy"),
+])
+def test_what_does_not_go_together_is_a_usage_error(ec2_run, args, message):
+    status, argv, _, err = ec2_run(*args, "-H", "box")
+    assert (status, argv) == (2, None)
+    assert err.startswith("usage: ec2") and f"ec2: error: {message}" in err
 
 
 def test_ssh_not_found_exits_127(ec2_run, monkeypatch):
