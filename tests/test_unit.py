@@ -163,6 +163,7 @@ def test_help_teaches_with_examples(ec2_run):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--list", "--urls"], "argument --urls: not allowed with argument --list"),
     (["--list", "work"], "--list takes no SESSION, -j or -L"),
     (["--urls", "-L", "6006"], "--urls takes no SESSION, -j or -L"),
     (["--status", "-j"], "--status takes no SESSION, -j or -L"),
