@@ -30,10 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["tests/test_unit.py", "tests/test_lab_unit.py", "tests/test_process.py", "tests/test_lab_process.py",
-        "tests/test_jupyter_unit.py", "tests/test_property.py", "tests/test_lab_script.py",
-        "tests/test_completion.py", "tests/test_fuzz.py", "tests/test_way_in_unit.py",
-        "tests/test_proxy_process.py"]
+# In-process files first: most mutants die in them within seconds.
+FAST = ["tests/test_unit.py", "tests/test_lab_unit.py", "tests/test_jupyter_unit.py",
+        "tests/test_way_in_unit.py", "tests/test_process.py", "tests/test_proxy_process.py",
+        "tests/test_lab_process.py", "tests/test_property.py", "tests/test_completion.py",
+        "tests/test_lab_script.py", "tests/test_fuzz.py"]
 # What only does (runs, execs, forks, prints progress): left to the end-to-end tests.
 DOING = {"exec_ssh", "run_remote", "open_browser_later", "open_when_answering", "run_lab_script",
          "build_parser", "main", "write_private", "wait_and_open", "start_instance", "list_sessions",
