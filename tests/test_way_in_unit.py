@@ -337,3 +337,16 @@ def test_a_refused_key_is_one_message(via):
     status, argv, _, err, _ = via("--push-key", "-H", f"ubuntu@{INSTANCE_ID}", found=instance("x.example"),
                                   answers={"send_ssh_public_key": {"Success": False}})
     assert (status, argv) == (1, None) and "EC2 Instance Connect did not take the key" in err
+
+
+@pytest.mark.parametrize("fresh, sends", [(ec2.KEY_FRESH, 1), (-1, 2)])
+def test_lab_sends_the_key_again_when_the_first_may_have_expired(via, monkeypatch, fresh, sends):
+    info = {"port": 8888, "token": "t", "base_url": "/", "hostname": "localhost", "pid": 4242}
+    answer = f"ec2-lab ready window /r/jpserver-4242.json\n{json.dumps(info)}"
+    monkeypatch.setattr(ec2, "run_lab_script", lambda argv, where: (answer, True))
+    monkeypatch.setattr(ec2, "KEY_FRESH", fresh)  # -1: as if the round trip took longer than that
+    status, argv, _, err, calls = via("work", "--lab", "--no-browser", "--push-key",
+                                      "-H", f"ubuntu@{INSTANCE_ID}", answers={"send_ssh_public_key": {"Success": True}},
+                                      found=instance("ec2-1.example"))
+    assert status == "exec", err
+    assert [c[1] for c in calls].count("send-ssh-public-key") == sends
