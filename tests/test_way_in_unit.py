@@ -346,7 +346,7 @@ def test_lab_sends_the_key_again_when_the_first_may_have_expired(via, monkeypatc
     monkeypatch.setattr(ec2, "run_lab_script", lambda argv, where: (answer, True))
     monkeypatch.setattr(ec2, "KEY_FRESH", fresh)  # -1: as if the round trip took longer than that
     status, argv, _, err, calls = via("work", "--lab", "--no-browser", "--push-key",
-                                      "-H", f"ubuntu@{INSTANCE_ID}", answers={"send_ssh_public_key": {"Success": True}},
-                                      found=instance("ec2-1.example"))
+                                      "-H", f"ubuntu@{INSTANCE_ID}", found=instance("ec2-1.example"),
+                                      answers={"send_ssh_public_key": {"Success": True}})
     assert status == "exec", err
     assert [c[1] for c in calls].count("send-ssh-public-key") == sends
