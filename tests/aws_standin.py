@@ -8,7 +8,8 @@ as one JSON line, to $EC2_TEST_AWS_LOG, and then:
       AWS services do to the instance (the host is a test's own sandbox);
   ssm describe-instance-information   print $EC2_TEST_SSM_ANSWER;
   ec2 describe-instance-connect-endpoints   print $EC2_TEST_EICE_ANSWER;
-  --version   print $EC2_TEST_AWS_VERSION, when it is set;
+  --version   print $EC2_TEST_AWS_VERSION, when it is set (on stderr, as
+              version 1 did, if $EC2_TEST_AWS_VERSION_ON_STDERR is set);
   ec2 describe-instances   print $EC2_TEST_DESCRIBE, when it is set;
 and hands anything else to the real AWS CLI (moto, in the tests).
 """
@@ -59,7 +60,8 @@ def main():
     if command == ["ec2-instance-connect", "open-tunnel"]:
         return relay(os.environ["EC2_TEST_TUNNEL_HOST"], int(after(args, "--remote-port")))
     if args == ["--version"] and os.environ.get("EC2_TEST_AWS_VERSION"):
-        print(os.environ["EC2_TEST_AWS_VERSION"])
+        print(os.environ["EC2_TEST_AWS_VERSION"],
+              file=sys.stderr if os.environ.get("EC2_TEST_AWS_VERSION_ON_STDERR") else sys.stdout)
         return 0
     if canned and canned in os.environ:
         print(os.environ[canned])

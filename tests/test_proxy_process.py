@@ -222,3 +222,19 @@ def test_a_name_dns_cannot_carry_is_one_line(tmp_path):
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == f"ec2: cannot connect to {'a' * 64}.example port 22: not a valid host name\n"
+
+
+@pytest.mark.parametrize("version, on_stderr, works", [("aws-cli/2.15.30 Python/3.11.8", "", True),
+                                                       ("aws-cli/1.18.69 Python/3.8.10", "1", False)])
+def test_the_cli_version_is_read_from_either_stream(tmp_path, version, on_stderr, works):
+    _, env = tunnel_env(tmp_path)
+    env.update(EC2_TEST_AWS_VERSION=version, EC2_TEST_AWS_VERSION_ON_STDERR=on_stderr,
+               EC2_TEST_EICE_ANSWER=json.dumps({"InstanceConnectEndpoints": [
+                   {"InstanceConnectEndpointId": "eice-1", "State": "create-complete"}]}))
+    done = subprocess.run([sys.executable, str(EC2), "--dry-run", "--via", "eice", "-H", INSTANCE_ID],
+                          env={**os.environ, **env}, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if works:
+        assert done.returncode == 0 and "open-tunnel" in done.stdout, done.stderr
+    else:
+        assert done.returncode == 1 and done.stderr.startswith(
+            f"ec2: cannot connect through EICE: the AWS CLI here ({version.split()[0]}) has no")

@@ -179,6 +179,25 @@ def test_a_missing_piece_is_one_message(monkeypatch, mode, has_plugin, version, 
     assert str(e.value).startswith(message)
 
 
+@pytest.mark.parametrize("listing", [5, "x", [1, "y"], [{"PingStatus": 3}], None])
+def test_an_ssm_answer_of_another_shape_is_not_online(monkeypatch, listing):
+    Aws(monkeypatch, describe_instance_information={"InstanceInformationList": listing})
+    with pytest.raises(ec2.Failure, match=f"^cannot connect through SSM: {INSTANCE_ID} is not online"):
+        ec2.choose_route(profile(), instance(), "ssm", plugin(True))
+
+
+@pytest.mark.parametrize("found, answer, message", [
+    ({"VpcId": None}, {}, f"{INSTANCE_ID} is in no VPC"),
+    ({}, {"InstanceConnectEndpoints": [{"State": "create-complete"}]},
+     "there is no EC2 Instance Connect Endpoint in vpc-0abc"),
+    ({}, {"InstanceConnectEndpoints": "x"}, "there is no EC2 Instance Connect Endpoint in vpc-0abc"),
+])
+def test_eice_without_a_vpc_or_a_named_endpoint_is_refused(monkeypatch, found, answer, message):
+    Aws(monkeypatch, describe_instance_connect_endpoints=answer)
+    with pytest.raises(ec2.Failure, match=f"^cannot connect through EICE: {message}"):
+        ec2.choose_route(profile(), {**instance(), **found}, "eice", plugin(False))
+
+
 @pytest.mark.parametrize("said, version", [
     ("aws-cli/2.15.30 Python/3.11.8 Linux/6.5 exe/x86_64.ubuntu.22", (2, 15)),
     ("aws-cli/1.46.3 Python/3.11.7 Linux/6.18 botocore/1.43.62", (1, 46)),
