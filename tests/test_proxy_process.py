@@ -75,6 +75,7 @@ def test_hands_the_connection_to_ssh_and_is_gone(proxy, listener):
         data, ancillary, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(array.array("i").itemsize))
         assert data == b"\0" and ancillary[0][:2] == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
         fd = array.array("i", ancillary[0][2])[0]
+    assert os.get_blocking(fd)  # as a connection of ssh's own: no time-out of ec2's left on it
     with socket.socket(fileno=fd) as handed, listener.accept()[0] as conn:
         assert handed.getpeername() == ("127.0.0.1", port)
         handed.sendall(b"hello")

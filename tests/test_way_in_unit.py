@@ -331,6 +331,37 @@ def test_push_key_without_identity_makes_a_private_key_once(via, clean_env):
         assert f.read().strip() == public  # kept, not made again
 
 
+def test_push_key_makes_its_key_in_a_private_directory_or_an_existing_one(tmp_path):
+    environ = {"XDG_CACHE_HOME": str(tmp_path / "new")}
+    ec2.public_key(None, environ, make=True)
+    assert stat.S_IMODE((tmp_path / "new" / "ec2").stat().st_mode) == 0o700
+    (tmp_path / "old" / "ec2").mkdir(parents=True)
+    key, identity = ec2.public_key(None, {"XDG_CACHE_HOME": str(tmp_path / "old")}, make=True)
+    assert identity == str(tmp_path / "old" / "ec2" / "push_key") and key.startswith("ssh-ed25519 ")
+
+
+@pytest.mark.parametrize("keygen, message", [
+    ("#!/bin/sh\necho 'Saving key failed: disk full' >&2\nexit 1\n",
+     "ssh-keygen could not make {key}: Saving key failed: disk full"),
+    (None, "ssh-keygen not found on PATH, to make a key for push_key"),
+    ("cache is a file", "cannot make a key for push_key in {cache}: File exists"),
+])
+def test_a_key_that_cannot_be_made_is_one_message(tmp_path, monkeypatch, keygen, message):
+    cache = tmp_path / "cache" / "ec2"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if keygen == "cache is a file":
+        cache.parent.mkdir()
+        cache.write_text("")
+    elif keygen:
+        (bin_dir / "ssh-keygen").write_text(keygen)
+        (bin_dir / "ssh-keygen").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(ec2.Failure) as e:
+        ec2.public_key(None, {"XDG_CACHE_HOME": str(tmp_path / "cache")}, make=True)
+    assert str(e.value).startswith(message.format(key=cache / "push_key", cache=cache))
+
+
 def test_push_key_dry_run_sends_and_makes_nothing(via):
     status, _, out, _, calls = via("--push-key", "--dry-run", "-H", f"ubuntu@{INSTANCE_ID}",
                                    found=instance("ec2-1.example"))
