@@ -239,3 +239,14 @@ def test_the_cli_version_is_read_from_either_stream(tmp_path, version, on_stderr
     else:
         assert done.returncode == 1 and done.stderr.startswith(
             f"ec2: cannot connect through EICE: the AWS CLI here ({version.split()[0]}) has no")
+
+
+def test_a_stopped_instance_is_refused_with_the_command_that_starts_it(proxy, tmp_path):
+    _, env = tunnel_env(tmp_path)
+    found = {"InstanceId": INSTANCE_ID, "State": {"Name": "stopped"}, "PublicDnsName": "ec2-1.example"}
+    env["EC2_TEST_DESCRIBE"] = json.dumps({"Reservations": [{"Instances": [found]}]})
+    proc = proxy(INSTANCE_ID, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    assert proc.wait(10) == 1 and proc.stdout.read() == b""
+    assert proc.stderr.read().decode() == (f"ec2: instance {INSTANCE_ID} is stopped;"
+                                           f" `ec2 -H {INSTANCE_ID} --start` starts it\n")
