@@ -249,4 +249,5 @@ def test_a_stopped_instance_is_refused_with_the_command_that_starts_it(proxy, tm
                  stderr=subprocess.PIPE)
     assert proc.wait(10) == 1 and proc.stdout.read() == b""
     assert proc.stderr.read().decode() == (f"ec2: instance {INSTANCE_ID} is stopped;"
-                                           f" `ec2 -H {INSTANCE_ID} --start` starts it\n")
+                                           f" `ec2 -H {INSTANCE_ID} --config {tmp_path / 'ec2.ini'} --start`"
+                                           " starts it\n")
