@@ -251,3 +251,36 @@ def test_a_stopped_instance_is_refused_with_the_command_that_starts_it(proxy, tm
     assert proc.stderr.read().decode() == (f"ec2: instance {INSTANCE_ID} is stopped;"
                                            f" `ec2 -H {INSTANCE_ID} --config {tmp_path / 'ec2.ini'} --start`"
                                            " starts it\n")
+
+
+def test_direct_to_an_instance_connects_to_its_address_and_sends_the_key_first(tmp_path):
+    with socket.socket() as server:  # the instance, at an address of its own on loopback
+        server.bind(("127.0.0.2", 0))
+        server.listen()
+        server.settimeout(10)
+        port = server.getsockname()[1]
+        log, env = tunnel_env(tmp_path, private="127.0.0.2")
+        (tmp_path / "id").write_text("private")
+        (tmp_path / "id.pub").write_text("ssh-ed25519 AAAAkey me\n")
+        config = tmp_path / "ec2.ini"
+        config.write_text(f"[gpu]\ninstance = {INSTANCE_ID}\nuser = ubuntu\nidentity = ~/id\npush_key = yes\n"
+                          "connect = direct\naddress = private-ip\n")
+        env.update(HOME=str(tmp_path), EC2_TEST_SEND_KEY_ANSWER='{"Success": true}')
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            proc = subprocess.Popen([sys.executable, str(EC2), "--config", str(config), "--proxy",
+                                     f"gpu:{port}"], env={**os.environ, **env}, stdin=theirs, stdout=theirs,
+                                    stderr=subprocess.PIPE)
+            assert proc.wait(10) == 0, proc.stderr.read()
+            with server.accept()[0]:
+                pass  # it came to the instance's address, not another loopback one
+        assert aws_calls(log)[-1] == ["ec2-instance-connect", "send-ssh-public-key", "--instance-id",
+                                      INSTANCE_ID, "--instance-os-user", "ubuntu", "--ssh-public-key",
+                                      "ssh-ed25519 AAAAkey me", "--output", "json"]
+
+
+@pytest.mark.parametrize("option", [["--via", "ssm"], ["--push-key"]])
+def test_via_and_push_key_need_an_instance_here_too(proxy, option):
+    proc = proxy("box", *option, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.wait(10) == 2
+    assert proc.stderr.read() == b"ec2: --via and --push-key need an EC2 instance\n"
