@@ -400,3 +400,11 @@ def test_lab_sends_the_key_again_when_the_first_may_have_expired(via, monkeypatc
                                       answers={"send_ssh_public_key": {"Success": True}})
     assert status == "exec", err
     assert [c[1] for c in calls].count("send-ssh-public-key") == sends
+
+
+def test_ssh_config_values_double_a_percent_and_quote_a_space():
+    # IdentityFile and HostName take ssh's %-tokens: a literal % is written %%.
+    p = ec2.Profile("gpu", "/cfg")
+    p.host, p.identity = "me@10.0.0.7", "/keys/100% sure.pem"
+    assert ec2.ssh_config_block(p, ["ec2", "--proxy"], {}) == [
+        "Host gpu", "    HostName 10.0.0.7", "    User me", '    IdentityFile "/keys/100%% sure.pem"']
