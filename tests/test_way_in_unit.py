@@ -408,3 +408,14 @@ def test_ssh_config_values_double_a_percent_and_quote_a_space():
     p.host, p.identity = "me@10.0.0.7", "/keys/100% sure.pem"
     assert ec2.ssh_config_block(p, ["ec2", "--proxy"], {}) == [
         "Host gpu", "    HostName 10.0.0.7", "    User me", '    IdentityFile "/keys/100%% sure.pem"']
+
+
+def test_ssh_config_block_of_an_instance_keeps_the_profile_s_o_options_only(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/me")
+    p = ec2.Profile("gpu", "/cfg")
+    p.instance, p.user, p.identity, p.connect = INSTANCE_ID, "ubuntu", "~/.ssh/gpu.pem", "direct"
+    p.ssh_options = ["-A", "-oCompression=yes", "-o", "ServerAliveInterval=60", "-p", "2222", "-o"]
+    assert ec2.ssh_config_block(p, ["/bin/ec2", "--proxy"], {}) == [
+        "Host gpu", f"    HostKeyAlias {INSTANCE_ID}", "    ProxyCommand /bin/ec2 --proxy gpu:%p",
+        "    ProxyUseFdpass yes", "    User ubuntu", "    IdentityFile /home/me/.ssh/gpu.pem",
+        "    Compression yes", "    ServerAliveInterval 60"]
