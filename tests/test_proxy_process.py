@@ -186,7 +186,8 @@ def generated(tmp_path):
 def test_ssh_config_blocks_reach_each_profile_by_name(generated, tmp_path):
     ssh_config, config = generated
     text = ssh_config.read_text()
-    assert text.startswith(f"# Written by ec2 --ssh-config from {config}: append to ~/.ssh/config.\n\nHost gpu\n")
+    header = f"# Written by ec2 --ssh-config from {config}: append to ~/.ssh/config.\n"
+    assert text.startswith(header + "\nHost gpu\n")
     assert "\n\nHost train\n" in text and "\n\nHost plain\n" in text  # a blank line between blocks
     gpu = ssh_reads(ssh_config, "gpu")
     assert gpu["proxycommand"] == f"{EC2} --config {config} --proxy gpu:%p"
