@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from conftest import ec2, write_config
+from conftest import ec2, held_port, write_config
 
 INSTANCE_ID = "i-0123456789abcdef0"
 PLUGIN_PAGE = ec2.SSM_PLUGIN_PAGE
@@ -419,3 +419,23 @@ def test_ssh_config_block_of_an_instance_keeps_the_profile_s_o_options_only(monk
         "Host gpu", f"    HostKeyAlias {INSTANCE_ID}", "    ProxyCommand /bin/ec2 --proxy gpu:%p",
         "    ProxyUseFdpass yes", "    User ubuntu", "    IdentityFile /home/me/.ssh/gpu.pem",
         "    Compression yes", "    ServerAliveInterval 60"]
+
+
+def test_no_key_is_sent_for_a_connection_that_will_not_happen(via):
+    with held_port() as port:
+        status, argv, _, err, calls = via("--push-key", "-H", f"ubuntu@{INSTANCE_ID}", "-L", str(port),
+                                          found=instance("ec2-1.example"))
+    assert (status, argv) == (1, None) and "is already in use" in err
+    assert [c[1] for c in calls] == ["describe-instances"]
+
+
+@pytest.mark.parametrize("option", ["--list", "--urls"])
+def test_list_and_urls_send_the_key_before_their_round_trip(via, monkeypatch, option):
+    monkeypatch.setattr(ec2, "run_remote", lambda argv, script: pytest.fail("no ssh here"))
+    monkeypatch.setattr(ec2, "list_sessions", lambda argv, host: 0)
+    monkeypatch.setattr(ec2, "show_jupyter_urls", lambda *args: 0)
+    status, _, _, err, calls = via(option, "--push-key", "-H", f"ubuntu@{INSTANCE_ID}",
+                                   found=instance("ec2-1.example"),
+                                   answers={"send_ssh_public_key": {"Success": True}})
+    assert status == 0, err
+    assert [c[1] for c in calls] == ["describe-instances", "send-ssh-public-key"]
