@@ -414,11 +414,22 @@ def test_ssh_config_block_of_an_instance_keeps_the_profile_s_o_options_only(monk
     monkeypatch.setenv("HOME", "/home/me")
     p = ec2.Profile("gpu", "/cfg")
     p.instance, p.user, p.identity, p.connect = INSTANCE_ID, "ubuntu", "~/.ssh/gpu.pem", "direct"
-    p.ssh_options = ["-A", "-oCompression=yes", "-o", "ServerAliveInterval=60", "-p", "2222", "-o"]
+    p.ssh_options = ["-A", "-oCompression=yes", "-o", "ServerAliveInterval=60", "-o", "SetEnv=A=1",
+                     "-p", "2222", "-o", "LogLevel=ERROR"]
     assert ec2.ssh_config_block(p, ["/bin/ec2", "--proxy"], {}) == [
         "Host gpu", f"    HostKeyAlias {INSTANCE_ID}", "    ProxyCommand /bin/ec2 --proxy gpu:%p",
         "    ProxyUseFdpass yes", "    User ubuntu", "    IdentityFile /home/me/.ssh/gpu.pem",
-        "    Compression yes", "    ServerAliveInterval 60"]
+        "    Compression yes", "    ServerAliveInterval 60", "    SetEnv A=1", "    LogLevel ERROR"]
+
+
+def test_ssh_config_block_names_no_key_unless_the_profile_has_one_or_pushes_one():
+    p = ec2.Profile("train", "/cfg")
+    p.instance = "train-box"
+    assert ec2.ssh_config_block(p, ["ec2", "--proxy"], {"XDG_CACHE_HOME": "/c"}) == [
+        "Host train", "    ProxyCommand ec2 --proxy train:%p"]
+    p.push_key = True
+    assert ec2.ssh_config_block(p, ["ec2", "--proxy"], {"XDG_CACHE_HOME": "/c"})[-1] == (
+        "    IdentityFile /c/ec2/push_key")
 
 
 def test_no_key_is_sent_for_a_connection_that_will_not_happen(via):
