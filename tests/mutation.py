@@ -133,7 +133,11 @@ def run(source, scratch, timeout, running):
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # pytest then tears its fixtures down
-            proc.wait()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # a mutant looping where SIGINT cannot reach it
+                proc.kill()
+                proc.wait()
         running.discard(proc)
 
 
