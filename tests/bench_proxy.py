@@ -14,7 +14,9 @@ interleaved, N times each (default 7), three ways:
 It prints the median time and throughput of each, and the ratio of each
 throughput to plain's; the goal for the handed-over copy is >= 0.95. During
 one handed-over copy it also checks that no ec2 process is alive.
-The profile is `host =`, so no AWS call is in the times.
+The profile is `host =`, so no AWS call is in the times. ec2 is the command
+`pip install` makes, in a fresh venv (as bench_startup.py does), or with
+--script the checkout's script, which Python compiles at every start.
 """
 
 import argparse
@@ -49,6 +51,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="copies each way (default: 7)")
     parser.add_argument("--megabytes", type=int, default=200, help="size of the file (default: 200)")
+    parser.add_argument("--script", action="store_true", help="the checkout's script (default: installed)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_proxy.py makes a network namespace: run it as root")
@@ -62,7 +65,14 @@ def main():
                 f.write(os.urandom(1 << 20))
         config = base / "ec2.ini"
         config.write_text(f"[box]\nhost = {host.address}\n")
-        proxy = f"ProxyCommand {sys.executable} {EC2} --config {config} --proxy box:%p"
+        if args.script:
+            ec2 = f"{sys.executable} {EC2}"
+        else:
+            subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True)
+            subprocess.run([str(base / "venv" / "bin" / "python"), "-m", "pip", "install", "-q",
+                            "--disable-pip-version-check", str(EC2.parent)], check=True)
+            ec2 = str(base / "venv" / "bin" / "ec2")
+        proxy = f"ProxyCommand {ec2} --config {config} --proxy box:%p"
         ssh_configs = {"plain": host.ssh_config}
         for way, extra in (("handed over", "  ProxyUseFdpass yes\n"), ("relayed", "")):
             path = base / f"ssh_config-{way.replace(' ', '-')}"

@@ -288,3 +288,22 @@ def test_via_and_push_key_need_an_instance_here_too(proxy, option):
     proc = proxy("box", *option, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.wait(10) == 2
     assert proc.stderr.read() == b"ec2: --via and --push-key need an EC2 instance\n"
+
+
+@pytest.mark.parametrize("argv", [["--proxy", "gpu"],
+                                  ["--config", "/c/ec2.ini", "--proxy", "ubuntu@i-01234567:2222"]])
+def test_the_shortcut_reads_what_ssh_config_writes_as_argparse_does(argv):
+    from conftest import ec2
+
+    _, args, _ = ec2.parse_command_line(argv)
+    shortcut = ec2.proxy_shortcut(argv)
+    assert vars(shortcut) == {key: getattr(args, key) for key in vars(shortcut)}
+
+
+@pytest.mark.parametrize("argv", [["--proxy", "-x"], ["--proxy", "gpu", "--via", "ssm"],
+                                  ["--config", "-c", "--proxy", "gpu"], ["--proxy"],
+                                  ["--config", "c", "--proxy"], ["gpu", "--proxy", "x"]])
+def test_anything_else_is_left_to_argparse(argv):
+    from conftest import ec2
+
+    assert ec2.proxy_shortcut(argv) is None
