@@ -113,10 +113,28 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def run_cache(tmp_path_factory):
+    """Nothing the tests run writes to ~/.cache, not even what a module's fixture
+    starts with the environment it copied before any test's own cache was set."""
+    real = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ec2")
+    before = snapshot(real)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+    assert snapshot(real) == before, f"a test wrote to {real}"
+
+
+def snapshot(directory):
+    """The names and modification times of what is under DIRECTORY."""
+    return sorted((str(path), path.stat().st_mtime_ns) for path in Path(directory).rglob("*")) \
+        if os.path.isdir(directory) else None
+
+
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """ec2's forward records and session list go to a directory of each test's own, not
-    ~/.cache: no test sees what another left there."""
+def private_cache(run_cache, tmp_path_factory, monkeypatch):
+    """ec2's forward records and session list go to a directory of each test's own:
+    no test sees what another left there."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 

@@ -65,7 +65,8 @@ def write_profiles(world, host, ssh_config, **extra):
 
 
 def run_ec2(world, *args, env=None):
-    return subprocess.run([sys.executable, str(EC2), *args], env={**world["env"], **(env or {})},
+    env = {**world["env"], "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"], **(env or {})}  # this test's own
+    return subprocess.run([sys.executable, str(EC2), *args], env=env,
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
@@ -112,7 +113,8 @@ def test_tmux_and_the_jupyter_forward_work_through_ssm(world, host, tmp_path):
     server = host.spawn(sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(root),
                         str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     terminal = Terminal(tmp_path, {**world["env"], "TERM": "screen-256color", "LANG": "C.UTF-8",
-                                   "HOME": os.environ.get("HOME", "/root")})
+                                   "HOME": os.environ.get("HOME", "/root"),
+                                   "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]})  # this test's own
     try:
         terminal.type(f"ec2 -H train work -j --jupyter-port {port}")
         terminal.wait_for_foreground("ssh")
