@@ -36,7 +36,9 @@ def proxy(tmp_path):
     started = []
 
     def start(*args, **kwargs):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EC2_")}
+        # Without PYTHONUNBUFFERED, as a user's ssh runs it: under Python 3.8 an
+        # unflushed message would then be lost at the exec of the tunnel.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EC2_") and k != "PYTHONUNBUFFERED"}
         proc = subprocess.Popen([sys.executable, str(EC2), "--config", str(config), "--proxy", *args],
                                 env={**env, **kwargs.pop("env", {})}, **kwargs)
         started.append(proc)
