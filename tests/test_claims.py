@@ -1,0 +1,154 @@
+"""What the README and --help state, in-process, where the other files had left it unguarded.
+
+Each test is named for the claim it holds; the README's table of claims
+points here and to the other files. Each was seen to fail against a one-line
+break of ec2 made by hand (the break is in the test's comment).
+"""
+
+import json
+import subprocess
+import time
+
+import pytest
+from test_jupyter_unit import INFO, listing
+from test_way_in_unit import INSTANCE_ID, Aws, instance
+
+from conftest import ec2, write_config
+
+
+@pytest.fixture
+def ports_free(monkeypatch):
+    """Every local port is free: the ports in an argv are then exactly the ones asked for."""
+    monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: True)
+
+
+# --- ssh options: what follows -- beats the profile's ssh_options, which beat ec2's own ---
+# Break: build_ssh_argv puts *options before *ssh_args.
+
+
+def test_options_after_double_dash_come_before_the_profiles_which_come_before_ec2s(
+        ec2_run, clean_env, ports_free):
+    write_config(clean_env, "[p]\nhost = box\nssh_options = -o ServerAliveInterval=60"
+                            " -o ExitOnForwardFailure=no\n")
+    _, argv, _, _ = ec2_run("-H", "p", "-j", "--", "-o", "ServerAliveInterval=5")
+    assert argv == ["ssh", "-o", "ServerAliveInterval=5",
+                    "-o", "ServerAliveInterval=60", "-o", "ExitOnForwardFailure=no",
+                    "-L", "8888:localhost:8888",
+                    "-o", "ExitOnForwardFailure=yes", "-o", "ControlPath=none", "box"]
+
+
+def test_a_users_host_key_alias_comes_before_ec2s_for_an_instance(ec2_run, monkeypatch):
+    Aws(monkeypatch, describe_instances={"Reservations": [{"Instances": [instance("ec2-1.example")]}]})
+    _, argv, _, _ = ec2_run("-H", INSTANCE_ID, "--", "-o", "HostKeyAlias=mine")
+    assert argv == ["ssh", "-o", "HostKeyAlias=mine", "-o", f"HostKeyAlias={INSTANCE_ID}", "ec2-1.example"]
+
+
+# --- the config file: --config, else $EC2_CONFIG, else $XDG_CONFIG_HOME/ec2/config ---------
+# Break: config_path reads $EC2_CONFIG before --config.
+
+
+def test_config_option_beats_the_ec2_config_variable(ec2_run, clean_env, monkeypatch):
+    write_config(clean_env, "[default]\nhost = from-xdg\n")
+    (clean_env / "env.ini").write_text("[default]\nhost = from-variable\n")
+    (clean_env / "option.ini").write_text("[default]\nhost = from-option\n")
+    monkeypatch.setenv("EC2_CONFIG", str(clean_env / "env.ini"))
+    assert ec2_run("--config", str(clean_env / "option.ini"))[1] == ["ssh", "from-option"]
+    assert ec2_run()[1] == ["ssh", "from-variable"]
+    monkeypatch.delenv("EC2_CONFIG")
+    assert ec2_run()[1] == ["ssh", "from-xdg"]
+
+
+def test_config_home_defaults_to_dot_config(ec2_run, clean_env, monkeypatch):
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(clean_env / "home"))
+    write_config(clean_env, "[default]\nhost = from-xdg\n")
+    (clean_env / "home" / ".config" / "ec2").mkdir(parents=True)
+    (clean_env / "home" / ".config" / "ec2" / "config").write_text("[default]\nhost = from-home\n")
+    assert ec2_run()[1] == ["ssh", "from-home"]
+
+
+# --- --urls: a server no forward reaches gets the port -j would choose ---------------------
+# Break: --urls claims no local port of the profile's forwards.
+
+
+def test_urls_keep_off_the_local_ports_of_the_profiles_forwards(ec2_run, clean_env, ports_free,
+                                                               monkeypatch):
+    write_config(clean_env, "[p]\nhost = box\nforward = 8888:6006\n")
+    answer = listing(("running", "/r/jpserver-1.json", json.dumps(INFO)))
+    monkeypatch.setattr(ec2, "run_remote", lambda argv, script: subprocess.CompletedProcess(argv, 0, answer))
+    status, _, out, _ = ec2_run("-H", "p", "--urls")
+    assert status == 0
+    assert out == ("http://localhost:8889/?token=abc123  instance port 8888  /home/ubuntu"
+                   "  (not forwarded; run: ec2 -H p -j)\n")
+
+
+# --- --start: it waits until the instance runs, asking every 2 s, for 600 s at most ----------
+# Break: START_TIMEOUT doubled, or POLL_SECONDS for START_TIMEOUT.
+
+
+def test_start_waits_600_seconds_asking_every_2(monkeypatch, capsys):
+    clock, slept, asked = [0.0], [], []
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def sleep(seconds):
+        slept.append(seconds)
+        clock[0] += seconds
+
+    def find(profile):
+        asked.append(clock[0])
+        return {"InstanceId": INSTANCE_ID, "State": {"Name": "pending"}}
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(ec2, "find_instance", find)
+    with pytest.raises(ec2.Failure, match=f"^instance {INSTANCE_ID} is still pending after 600 s$"):
+        ec2.start_instance(ec2.Profile(None, None), find(None), "ec2 --start")
+    assert set(slept) == {2} and clock[0] == 602  # 600 s is not yet too long; 602 s is
+    assert len(asked) == 1 + 301
+
+
+# --- the forward record: removed when ssh cannot be run ------------------------------------
+# Break: connect's finally block keeps the files it wrote.
+
+
+def test_the_forward_record_goes_when_ssh_cannot_be_run(ec2_run, clean_env, ports_free, monkeypatch,
+                                                       tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    written = []
+    real_record = ec2.record_forwards
+
+    def record(*args):
+        written.append(real_record(*args))
+        return written[-1]
+
+    def missing(file, args):
+        assert (tmp_path / "cache" / "ec2" / "forwards").is_dir()  # it was there for ssh
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(ec2, "record_forwards", record)
+    monkeypatch.setattr(ec2.os, "execvp", missing)
+    assert ec2.main(["-H", "box", "-j"]) == 127
+    assert len(written) == 1
+    assert list((tmp_path / "cache" / "ec2" / "forwards").iterdir()) == []
+
+
+# --- the remote words: every word is quoted, whatever the session name ---------------------
+# Break: remote_tmux_command returns the words unquoted.
+
+
+def test_the_tmux_words_are_quoted_even_where_session_name_would_refuse():
+    assert ec2.remote_tmux_command("a b;$(x)") == ["tmux", "-2", "new-session", "-A", "-s", "'a b;$(x)'"]
+
+
+# --- --lab: the forward follows the server to the port it reports --------------------------
+# Break: connect keeps the port it asked for instead of the server's.
+
+
+def test_lab_forwards_the_port_the_server_reports_not_the_one_it_asked_for(ec2_run, ports_free,
+                                                                           monkeypatch):
+    info = json.dumps({**INFO, "port": 8890})
+    monkeypatch.setattr(ec2, "run_lab_script",
+                        lambda argv, where: (f"ec2-lab ready other /r/jpserver-7.json\n{info}\n", False))
+    status, argv, _, err = ec2_run("work", "--lab", "--no-browser", "-H", "box")
+    assert status == "exec"
+    assert argv[1:3] == ["-L", "8890:localhost:8890"]
+    assert "Jupyter: http://localhost:8890/?token=abc123 -> instance port 8890\n" in err
