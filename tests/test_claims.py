@@ -13,7 +13,7 @@ import pytest
 from test_jupyter_unit import INFO, listing
 from test_way_in_unit import INSTANCE_ID, Aws, instance
 
-from conftest import ec2, write_config
+from conftest import ROOT, ec2, write_config
 
 
 @pytest.fixture
@@ -152,3 +152,71 @@ def test_lab_forwards_the_port_the_server_reports_not_the_one_it_asked_for(ec2_r
     assert status == "exec"
     assert argv[1:3] == ["-L", "8890:localhost:8890"]
     assert "Jupyter: http://localhost:8890/?token=abc123 -> instance port 8890\n" in err
+
+
+# --- instances: -H [user@]i-..., --start, --instances, and what aws says ------------------
+
+def described(*instances):
+    return {"Reservations": [{"Instances": list(instances)}]}
+
+
+def test_h_takes_user_at_an_instance_id_without_a_profile(ec2_run, monkeypatch):
+    aws = Aws(monkeypatch, describe_instances=described(instance("ec2-1.example")))
+    _, argv, _, _ = ec2_run("-H", f"ubuntu@{INSTANCE_ID}")
+    assert argv == ["ssh", "-o", f"HostKeyAlias={INSTANCE_ID}", "ubuntu@ec2-1.example"]
+    assert json.loads(aws.calls[0][3]) == [{"Name": "instance-id", "Values": [INSTANCE_ID]}]
+
+
+def test_start_starts_a_stopped_instance_and_ssh_retries_while_sshd_boots(ec2_run, monkeypatch):
+    stopped = {**instance("ec2-1.example"), "State": {"Name": "stopped"}}
+    aws = Aws(monkeypatch, describe_instances=described(stopped),
+              start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]})
+    monkeypatch.setattr(time, "sleep", lambda seconds: aws.answers.update(
+        describe_instances=described(instance("ec2-1.example"))))  # running after the first wait
+    status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--start", "work")
+    assert [call[:2] for call in aws.calls] == [("ec2", "describe-instances"), ("ec2", "start-instances"),
+                                                ("ec2", "describe-instances")]
+    assert f"ec2: starting {INSTANCE_ID}\n" in err
+    assert argv[:5] == ["ssh", "-o", "ConnectionAttempts=90", "-o", f"HostKeyAlias={INSTANCE_ID}"]
+
+
+def test_instances_asks_with_the_region_of_h_else_of_default(ec2_run, clean_env, monkeypatch):
+    write_config(clean_env, "[default]\nhost = box\nregion = eu-west-1\n"
+                            "[gpu]\ninstance = gpu-box\nregion = us-west-2\naws_profile = work\n")
+    regions = []
+    aws = Aws(monkeypatch, describe_instances=described())
+    monkeypatch.setattr(ec2, "aws", lambda profile, *args: regions.append(
+        (profile.region, profile.aws_profile)) or aws(profile, *args))
+    assert ec2_run("--instances", "-H", "gpu")[:3] == (0, None, "no instances in region us-west-2\n")
+    assert ec2_run("--instances")[2] == "no instances in region eu-west-1\n"
+    assert regions == [("us-west-2", "work"), ("eu-west-1", None)]
+
+
+def test_what_the_aws_cli_says_when_it_fails_is_one_line_after_ec2_aws(tmp_path, monkeypatch):
+    fake = tmp_path / "aws"
+    fake.write_text("#!/bin/sh\necho 'Unable to locate credentials.' >&2\necho '  Run aws configure.' >&2\n"
+                    "exit 255\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    with pytest.raises(ec2.Failure) as failed:
+        ec2.aws(ec2.Profile(None, None), "ec2", "describe-instances")
+    assert (str(failed.value), failed.value.status) == (
+        "aws: Unable to locate credentials. Run aws configure.", 1)
+
+
+# --- the README's own example: the alias it replaces ---------------------------------------
+
+
+def test_the_readmes_dry_run_example_is_what_ec2_prints(ec2_run, clean_env, ports_free, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("    $ ec2 default -j --dry-run\n", 1)[1].split("\n\n", 1)[0]
+    home = clean_env / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "mykey.pem").write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    write_config(clean_env, "[default]\nhost = ubuntu@ec2-3-91-10-20.compute-1.amazonaws.com\n"
+                            "identity = ~/.ssh/mykey.pem\n")
+    status, _, out, err = ec2_run("default", "-j", "--dry-run")
+    assert status == 0
+    assert (err + out).replace(str(home), "/home/you") == "\n".join(
+        line[4:] for line in shown.splitlines()) + "\n"
