@@ -6,6 +6,7 @@ break of ec2 made by hand (the break is in the test's comment).
 """
 
 import json
+import re
 import subprocess
 import time
 
@@ -220,3 +221,40 @@ def test_the_readmes_dry_run_example_is_what_ec2_prints(ec2_run, clean_env, port
     assert status == 0
     assert (err + out).replace(str(home), "/home/you") == "\n".join(
         line[4:] for line in shown.splitlines()) + "\n"
+
+
+def test_a_config_path_may_start_with_a_tilde(ec2_run, clean_env, monkeypatch):
+    monkeypatch.setenv("HOME", str(clean_env))
+    (clean_env / "cfg").write_text("[default]\nhost = from-home\n")
+    assert ec2_run("--config", "~/cfg")[1] == ["ssh", "from-home"]
+    monkeypatch.setenv("EC2_CONFIG", "~/cfg")
+    assert ec2_run()[1] == ["ssh", "from-home"]
+
+
+# --- the README's table of claims -----------------------------------------------------------
+
+
+def claims_table():
+    """The rows of the README's table of claims: (claim, [(file, test name)])."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Every claim, and the fast test that holds it\n", 1)[1]
+    rows = section.split("\n\n| claim |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    found = []
+    for row in rows:
+        claim, _, tests = row.strip("|").split(" | ")
+        found.append((claim, [tuple(test.strip("` ").split("::")) for test in tests.split(", ")]))
+    return found
+
+
+def test_every_claim_of_the_readme_names_fast_tests_that_exist():
+    rows = claims_table()
+    assert len(rows) >= 70
+    readme = (ROOT / "README.md").read_text()
+    command = readme.split("The fast suite, everything but the last four rows, needs no root:\n", 1)[1]
+    fast = set(re.findall(r"tests/(test_\w+\.py)", command.split("\n\n")[0]))
+    assert len(fast) == 12
+    for claim, tests in rows:
+        assert tests, claim
+        for file, name in tests:
+            assert file in fast, f"{claim}: {file} is not of the fast suite"
+            assert f"\ndef {name}(" in (ROOT / "tests" / file).read_text(), f"{claim}: no {file}::{name}"
