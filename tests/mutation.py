@@ -113,11 +113,12 @@ def kinds(node, points):
         found.append("constant")
     literal = isinstance(node, (ast.List, ast.Tuple, ast.Set))
     if literal and not isinstance(getattr(node, "ctx", None), ast.Store):
-        found += [f"order:{n}" for n in range(len(node.elts) - 1)]
+        found += [f"order:{n}" for n in range(len(node.elts) - 1) if not same(node.elts[n], node.elts[n + 1])]
         found += [f"element:{n}" for n in range(len(node.elts)) if len(node.elts) > 1]
     if isinstance(node, ast.Call):
         found += [f"order:{n}" for n in range(len(node.args) - 1)
-                  if not isinstance(node.args[n + 1], ast.Starred)]
+                  if not isinstance(node.args[n + 1], ast.Starred)
+                  and not same(node.args[n], node.args[n + 1])]
         if len(node.args) == 1 and not node.keywords and not isinstance(node.args[0], ast.Starred):
             found.append("unwrap")
         elif not node.args and not node.keywords and isinstance(node.func, ast.Attribute):
@@ -127,6 +128,11 @@ def kinds(node, points):
                   if len(node.body) > 1 and not isinstance(statement, (ast.Return, ast.Raise))
                   and not (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant))]
     return found
+
+
+def same(a, b):
+    """Whether two expressions are written alike: swapping them changes nothing."""
+    return ast.dump(a) == ast.dump(b)
 
 
 def other_string(value, strings):
