@@ -179,11 +179,48 @@ def test_help_teaches_with_examples(ec2_run):
     (["--lab", "--list"], "--lab does not go with --list"),
     (["--via", "ssm", "--ssh-config"], "--via and --push-key go with a connection, or --proxy"),
     (["--push-key", "--instances"], "--via and --push-key go with a connection, or --proxy"),
+    (["--status", "-i", "key"], "--identity does not go with --status"),
+    (["--jupyter-port", "9000"], "--jupyter-port goes with -j, --lab or --urls"),
+    (["--open", "--ssh-config"], "--open goes with --urls only"),
+    (["--stop", "--", "-v"], "what follows -- is for ssh, which --stop does not run"),
 ])
 def test_what_does_not_go_together_is_a_usage_error(ec2_run, args, message):
     status, argv, _, err = ec2_run(*args, "-H", "box")
     assert (status, argv) == (2, None)
     assert err.startswith("usage: ec2") and f"ec2: error: {message}" in err
+
+
+# A value for each option, and for what follows -- ("ssh_args"), by argparse dest.
+SAMPLES = {"session": ["work"], "jupyter": ["-j"], "jupyter_port": ["--jupyter-port", "9000"],
+           "forward": ["-L", "6006"], "host": ["-H", "box"], "identity": ["-i", "key"],
+           "config": ["--config", "cfg"], "lab": ["--lab"], "no_browser": ["--no-browser"],
+           "open": ["--open"], "start": ["--start"], "via": ["--via", "ssm"], "push_key": ["--push-key"],
+           "dry_run": ["--dry-run"], "list": ["--list"], "urls": ["--urls"], "status": ["--status"],
+           "stop": ["--stop"], "instances": ["--instances"], "completion": ["--completion", "bash"],
+           "ssh_config": ["--ssh-config"], "proxy": ["--proxy", "gpu"], "ssh_args": ["--", "-v"]}
+
+
+def test_each_mode_takes_or_refuses_every_option_never_ignores_one(capsys):
+    parser = ec2.build_parser()
+    dests = {action.dest for action in parser._actions if action.dest not in ("help", "version")}
+    assert dests | {"ssh_args"} == set(SAMPLES)  # the table below knows every option of the parser
+    for mode, (_, takes) in ec2.MODES.items():
+        for dest in sorted(set(SAMPLES) - set(ec2.MODES)):
+            needs = ec2.REQUIRES.get(dest, ())
+            extra = SAMPLES[needs[0]] if needs and mode not in needs else []
+            argv = (SAMPLES[mode] if mode else []) + extra + SAMPLES[dest]
+            if "--" in argv and argv[-2:] != ["--", "-v"]:
+                argv.remove("--")
+                argv.remove("-v")
+                argv += ["--", "-v"]
+            if dest in takes or (mode is None and dest == "open"):  # --open alone is --urls --open
+                assert ec2.parse_command_line(argv)[0] == (mode or ("urls" if dest == "open" else None)), argv
+                continue
+            with pytest.raises(SystemExit) as refused:
+                ec2.parse_command_line(argv)
+            assert refused.value.code == 2, argv
+            said = capsys.readouterr().err.splitlines()[-1]
+            assert said.startswith("ec2: error: ") and "--" in said, argv
 
 
 def test_ssh_not_found_exits_127(ec2_run, monkeypatch):
