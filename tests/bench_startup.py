@@ -10,10 +10,11 @@ machine load, with that venv's Python:
   - THE REFERENCE, tests/bench_reference.py: a 20-line argparse script with
     SESSION and -j that builds the ssh argv, the floor for any argparse tool;
   - `ec2 --dry-run work -j -H host`, installed (a console script over the
-    module, from cached bytecode) and as the copied script (compiled at every
-    run, as Python caches bytecode for imported modules only);
-  - one completion request, `ec2 --complete profiles`, both ways, with a
-    config file of four profiles (what one TAB after -H costs).
+    module, from cached bytecode); as the copied script run as a program,
+    whose sh lines have Python load it with its bytecode kept in the cache;
+    and as `python3 ec2`, which compiles the whole file at every run;
+  - one completion request, `ec2 --complete profiles`, the first two ways,
+    with a config file of four profiles (what one TAB after -H costs).
 It prints the medians and their ratios to the reference. No other config
 file is read: XDG_CONFIG_HOME points at a directory of the benchmark's own.
 """
@@ -51,14 +52,17 @@ def main():
             "python -c 'import argparse'": [python, "-c", "import argparse"],
             "REFERENCE: bench_reference.py --dry-run work -j": [python, REFERENCE, *work],
             "ec2 --dry-run work -j -H host, installed": [installed, *work],
-            "ec2 --dry-run work -j -H host, script": [python, EC2, *work],
+            "ec2 --dry-run work -j -H host, copied script": [EC2, *work],
+            "python3 ec2 --dry-run work -j -H host": [python, EC2, *work],
             "ec2 --complete profiles, installed": [installed, "--complete", "profiles"],
-            "ec2 --complete profiles, script": [python, EC2, "--complete", "profiles"],
+            "ec2 --complete profiles, copied script": [EC2, "--complete", "profiles"],
         }
         config = Path(tmp) / "xdg" / "ec2"
         config.mkdir(parents=True)
         (config / "config").write_text(PROFILES)
-        env = {**os.environ, "XDG_CONFIG_HOME": str(config.parent), "XDG_CACHE_HOME": tmp}
+        # The copied script's sh lines run the python3 of PATH: the venv's.
+        env = {**os.environ, "XDG_CONFIG_HOME": str(config.parent), "XDG_CACHE_HOME": tmp,
+               "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ['PATH']}"}
         for key in ("EC2_HOST", "EC2_CONFIG", "PYTHONDONTWRITEBYTECODE"):
             env.pop(key, None)
         times = {name: [] for name in commands}

@@ -123,17 +123,47 @@ def test_list_passes_an_ssh_failure_through(recorder):
     assert done.returncode == 255
 
 
-def test_runs_when_copied_alone(recorder, tmp_path):
+def copied(recorder, tmp_path, mode=0o755):
+    """ec2 copied alone into a directory of MODE, with python3 on PATH this Python:
+    returns its path, and the environment to run it in, its bytecode cache under tmp_path."""
     lone = tmp_path / "home-bin"
     lone.mkdir()
+    (lone / "python3").symlink_to(sys.executable)
     copy = lone / "ec2"
     copy.write_bytes(EC2.read_bytes())
     copy.chmod(0o755)
-    import subprocess
+    lone.chmod(mode)
+    env = {k: v for k, v in recorder.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PATH=f"{lone}:{recorder.bin}:/usr/bin:/bin", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    return copy, env
 
-    done = subprocess.run([str(copy), "--version"], capture_output=True, text=True,
-                          env={**recorder.env, "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin"})
+
+def test_runs_when_copied_alone(recorder, tmp_path):
+    copy, env = copied(recorder, tmp_path)
+    done = subprocess.run([str(copy), "--version"], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and done.stdout.startswith("ec2 ")
+
+
+def test_the_copied_script_keeps_its_bytecode_in_the_cache_and_only_its_own(recorder, tmp_path):
+    copy, env = copied(recorder, tmp_path, mode=0o555)  # a read-only ~/bin
+    args = ["--dry-run", "work", "-j", "-H", "box"]
+    first = subprocess.run([str(copy), *args], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    cached = [path for path in (tmp_path / "cache" / "ec2" / "bytecode").rglob("*") if path.is_file()]
+    assert [path.name for path in cached] == [f"ec2{sys.implementation.cache_tag}.pyc"]
+    written = cached[0].stat().st_mtime_ns
+    again = subprocess.run([str(copy), *args], capture_output=True, text=True, env=env)
+    assert (again.stdout, again.stderr) == (first.stdout, first.stderr)
+    assert cached[0].stat().st_mtime_ns == written  # read, not written again
+    plain = subprocess.run([sys.executable, str(copy), *args], capture_output=True, text=True, env=env)
+    assert (plain.returncode, plain.stdout) == (0, first.stdout)
+
+
+def test_the_copied_script_runs_with_a_cache_it_cannot_write(recorder, tmp_path):
+    copy, env = copied(recorder, tmp_path)
+    (tmp_path / "cache").write_text("a file where the cache directory would be")
+    done = subprocess.run([str(copy), "-H", "box"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and recorder.argv() == ["ssh", "box"]
 
 
 def jupyter_listing(*infos):
