@@ -8,13 +8,14 @@ break of ec2 made by hand (the break is in the test's comment).
 import json
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 from test_jupyter_unit import INFO, listing
 from test_way_in_unit import INSTANCE_ID, Aws, instance
 
-from conftest import ROOT, ec2, write_config
+from conftest import ROOT, TTY, ec2, write_config
 
 
 @pytest.fixture
@@ -258,3 +259,37 @@ def test_every_claim_of_the_readme_names_fast_tests_that_exist():
         for file, name in tests:
             assert file in fast, f"{claim}: {file} is not of the fast suite"
             assert f"\ndef {name}(" in (ROOT / "tests" / file).read_text(), f"{claim}: no {file}::{name}"
+
+
+# --- a connection is planned as data -----------------------------------------------------------
+
+
+def plan_of(*argv, server=None, environ=None):
+    """The Plan of ARGV, as connect makes it, with --lab's SERVER standing in for the round trip."""
+    mode, args, ssh_args = ec2.parse_command_line(list(argv))
+    target = ec2.resolve(args, ssh_args, {})
+    return ec2.plan_connection(args, target, ec2.check_locally(args, target), server,
+                               environ if environ is not None else {"BROWSER": "b"})
+
+
+def test_the_plan_of_a_session_with_jupyter(ec2_run, ports_free, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", TTY())
+    plan = plan_of("work", "-j", "-H", "box")
+    assert plan == ec2.Plan(
+        ["Jupyter: http://localhost:8888 -> instance port 8888;"
+         " `ec2 --urls` gives the address with its token"],
+        ["ssh", "-L", "8888:localhost:8888", "-o", "ExitOnForwardFailure=yes", "-o", "ControlPath=none",
+         "-t", "box", "tmux", "-2", "new-session", "-A", "-s", "work"],
+        "box", [ec2.forward_spec("8888")], "work", None)
+
+
+@pytest.mark.parametrize("extra, environ, opened", [
+    ([], {"BROWSER": "b"}, True), (["--no-browser"], {"BROWSER": "b"}, False), ([], {}, False)])
+def test_the_plan_opens_labs_url_only_where_a_browser_may(ec2_run, ports_free, monkeypatch, extra, environ,
+                                                          opened):
+    monkeypatch.setattr(sys, "stdin", TTY())
+    plan = plan_of("--lab", "-H", "box", *extra, server={**INFO, "port": 8890}, environ=environ)
+    url = "http://localhost:8890/?token=abc123"
+    assert plan.notes == [f"Jupyter: {url} -> instance port 8890"]
+    assert plan.url == (url if opened else None)
+    assert plan.forwards == [ec2.forward_spec("8890")] and plan.session == "lab"
