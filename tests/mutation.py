@@ -63,7 +63,7 @@ class Points(ast.NodeVisitor):
     each function's strings."""
 
     def __init__(self, tree):
-        self.found, self.function, self.strings = [], None, []
+        self.found, self.function, self.strings = [], None, {}  # function -> its strings
         self.upper = {}  # type name -> the UPPER constants of that type, in order
         for statement in tree.body:
             if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
@@ -81,7 +81,7 @@ class Points(ast.NodeVisitor):
         docstrings = {id(n.body[0].value) for n in ast.walk(node)
                       if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.body
                       and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-        self.strings = list(dict.fromkeys(
+        self.strings[node.name] = list(dict.fromkeys(
             n.value for n in ast.walk(node)
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings))
         for child in ast.walk(node):
@@ -106,7 +106,7 @@ def kinds(node, points):
     if isinstance(node, ast.Constant) and type(node.value) in (int, bool):
         found.append("number")
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        if other_string(node.value, points.strings) is not None:
+        if other_string(node.value, points.strings[points.function]) is not None:
             found.append("constant")
     if (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)
             and len(points.upper.get(points.upper_type.get(node.id), [])) > 1):
@@ -143,7 +143,7 @@ def other_string(value, strings):
     return "" if value else None
 
 
-def mutate(tree, target, kind, points):
+def mutate(tree, target, kind, points, function):
     """A copy of TREE with the node whose id() was TARGET mutated; returns (tree, what)."""
     clone = copy.deepcopy(tree)
     # ast.walk goes the same way through a tree and its copy.
@@ -184,7 +184,7 @@ def mutate(tree, target, kind, points):
         old, node.id = node.id, same[(same.index(node.id) + 1) % len(same)]
         what = f"{old} -> {node.id}"
     elif operator == "constant":
-        old, node.value = node.value, other_string(node.value, points.strings)
+        old, node.value = node.value, other_string(node.value, points.strings[function])
         what = f"{old[:30]!r} -> {node.value[:30]!r}"
     elif operator == "unwrap":
         inner = node.args[0] if node.args else node.func.value
@@ -258,7 +258,7 @@ def main():
     mutants = found
     if args.list:
         for function, target, kind, line in mutants:
-            print(f"ec2:{line} {function}: {mutate(tree, target, kind, points)[1]}")
+            print(f"ec2:{line} {function}: {mutate(tree, target, kind, points, function)[1]}")
         return
     scratches = []
     for _ in range(args.jobs):
@@ -279,7 +279,7 @@ def main():
                 function, target, kind, line = todo.get_nowait()
             except queue.Empty:
                 return
-            mutated, what = mutate(tree, target, kind, points)
+            mutated, what = mutate(tree, target, kind, points, function)
             if run(ast.unparse(mutated), scratch, args.timeout, running):
                 survivors.append((function, line, what))
                 print(f"SURVIVED ec2:{line} {function}: {what}", flush=True)

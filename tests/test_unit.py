@@ -231,6 +231,15 @@ def test_ssh_not_found_exits_127(ec2_run, monkeypatch):
     assert ec2.main(["-H", "box"]) == 127
 
 
+def test_an_ssh_that_cannot_be_run_exits_126_saying_why(ec2_run, monkeypatch, capsys):
+    def refused(file, args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ec2.os, "execvp", refused)
+    assert ec2.main(["-H", "box"]) == 126
+    assert capsys.readouterr().err == "ec2: cannot run ssh: Permission denied\n"
+
+
 # --- the config file ---------------------------------------------------------
 
 
@@ -318,7 +327,8 @@ def test_missing_explicit_config_is_an_error(ec2_run, clean_env):
 def test_user_given_twice_is_an_error(ec2_run, clean_env):
     write_config(clean_env, "[p]\nhost = a@box\nuser = b\n")
     status, _, _, err = ec2_run("-H", "p")
-    assert status == 1 and "gives a user twice" in err
+    assert (status, err) == (1, f"ec2: {clean_env / 'xdg' / 'ec2' / 'config'}: [p] gives a user twice,"
+                                " in 'host =' and 'user ='\n")
 
 
 def test_missing_identity_file_is_an_error(ec2_run, clean_env):
@@ -653,6 +663,14 @@ def test_jupyter_looks_no_further_than_port_65535(monkeypatch):
     monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: port > 65535)
     with pytest.raises(ec2.Failure, match="no free local port for Jupyter in 65500-65535"):
         ec2.jupyter_local_port(65500)
+
+
+def test_jupyter_looks_at_100_ports_past_its_own(monkeypatch):
+    asked = []
+    monkeypatch.setattr(ec2, "port_is_free", lambda port, bind=None: asked.append(port) and False)
+    with pytest.raises(ec2.Failure, match="^no free local port for Jupyter in 8888-8987$"):
+        ec2.jupyter_local_port(8888)
+    assert asked == list(range(8888, 8988))
 
 
 def test_the_same_forward_from_profile_and_command_line_is_kept_once(ec2_run, clean_env, monkeypatch):

@@ -450,3 +450,28 @@ def test_list_and_urls_send_the_key_before_their_round_trip(via, monkeypatch, op
                                    answers={"send_ssh_public_key": {"Success": True}})
     assert status == 0, err
     assert [c[1] for c in calls] == ["describe-instances", "send-ssh-public-key"]
+
+
+def test_i_beats_the_profiles_identity_for_proxy_too(ec2_run, clean_env, monkeypatch):
+    for name in ("profile.pem", "given.pem"):
+        (clean_env / name).write_text("")
+    write_config(clean_env, f"[gpu]\ninstance = {INSTANCE_ID}\nidentity = {clean_env / 'profile.pem'}\n")
+    Aws(monkeypatch, describe_instances={"Reservations": [{"Instances": [instance("ec2-1.example")]}]})
+    for argv, until in ((["-H", "gpu"], "login"), (["--proxy", "gpu"], "route")):
+        _, args, ssh_args = ec2.parse_command_line([*argv, "-i", str(clean_env / "given.pem")])
+        args.host = args.host or args.proxy
+        assert ec2.resolve(args, ssh_args, os.environ, until).identity == str(clean_env / "given.pem")
+
+
+def test_a_tunnel_that_cannot_be_run_is_one_message(clean_env, monkeypatch, capsys):
+    Aws(monkeypatch, describe_instances={"Reservations": [{"Instances": [instance()]}]},
+        describe_instance_information=online())
+    monkeypatch.setattr("shutil.which", plugin(True))
+
+    def missing(file, args):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(ec2.os, "execvp", missing)
+    assert ec2.main(["--proxy", INSTANCE_ID]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.endswith("ec2: cannot run aws: No such file or directory\n")
