@@ -145,9 +145,13 @@ def other_string(value, strings):
 
 def mutate(tree, target, kind, points, function):
     """A copy of TREE with the node whose id() was TARGET mutated; returns (tree, what)."""
-    clone = copy.deepcopy(tree)
+    # Only the top-level statement that holds TARGET is copied: the rest is shared, unchanged.
+    at = next(n for n, statement in enumerate(tree.body)
+              if any(id(node) == target for node in ast.walk(statement)))
+    clone = ast.Module(body=list(tree.body), type_ignores=[])
+    clone.body[at] = copy.deepcopy(tree.body[at])
     # ast.walk goes the same way through a tree and its copy.
-    node = dict(zip((id(n) for n in ast.walk(tree)), ast.walk(clone)))[target]
+    node = dict(zip((id(n) for n in ast.walk(tree.body[at])), ast.walk(clone.body[at])))[target]
     operator, _, n = kind.partition(":")
     n = int(n or 0)
     if operator == "compare":
