@@ -291,6 +291,12 @@ def main():
             if len(done) % 25 == 0:
                 print(f"... {len(done)}/{len(mutants)}", flush=True)
 
+    # A run in the background starts with SIGINT ignored: SIGINT and SIGTERM both stop it cleanly.
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         if not run(ast.unparse(tree), scratches[0], args.timeout, running):
             raise SystemExit("the fast suite fails on ec2's own source, unparsed: fix that first")
