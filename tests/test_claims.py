@@ -293,3 +293,12 @@ def test_the_plan_opens_labs_url_only_where_a_browser_may(ec2_run, ports_free, m
     assert plan.notes == [f"Jupyter: {url} -> instance port 8890"]
     assert plan.url == (url if opened else None)
     assert plan.forwards == [ec2.forward_spec("8890")] and plan.session == "lab"
+
+
+def test_the_start_command_suggested_keeps_what_followed_double_dash(ec2_run, monkeypatch):
+    stopped = {**instance("ec2-1.example"), "State": {"Name": "stopped"}}
+    Aws(monkeypatch, describe_instances=described(stopped))
+    status, argv, _, err = ec2_run("-H", INSTANCE_ID, "work", "--", "-A", "-o", "User=x y")
+    assert (status, argv) == (1, None)
+    assert err == (f"ec2: instance {INSTANCE_ID} is stopped;"
+                   f" `ec2 -H {INSTANCE_ID} --start -- -A -o 'User=x y'` starts it\n")
