@@ -213,7 +213,7 @@ def replace(tree, old, new):
 
 def run(source, scratch, timeout, running):
     """Run the fast suite on SOURCE in SCRATCH; True if it passes (the mutant survives)."""
-    (scratch / "ec2").write_text("#!/usr/bin/env python3\n" + source)
+    (scratch / "ec2").write_text(source)
     (scratch / "ec2").chmod(0o755)
     # A mutant may write where ec2 never would (a mutated ~/.cache path): give it a home of its own.
     (scratch / "home").mkdir(exist_ok=True)
@@ -250,6 +250,15 @@ def main():
     args = parser.parse_args()
     source = (ROOT / "ec2").read_text()
     tree = ast.parse(source)
+    # ec2's first statement is its sh preamble, a string to Python: kept as it is written, since
+    # unparsed it would lose its shebang and its sh, and mutated it would be no test of Python.
+    preamble = tree.body[0]
+    assert isinstance(preamble, ast.Expr) and isinstance(preamble.value, ast.Constant)
+    head = "".join(source.splitlines(keepends=True)[:preamble.end_lineno])
+
+    def text(module):
+        return head + ast.unparse(ast.Module(body=module.body[1:], type_ignores=[])) + "\n"
+
     points = Points(tree)
     points.visit(tree)
     operators = args.operators.split(",") if args.operators else OPERATORS
@@ -284,7 +293,7 @@ def main():
             except queue.Empty:
                 return
             mutated, what = mutate(tree, target, kind, points, function)
-            if run(ast.unparse(mutated), scratch, args.timeout, running):
+            if run(text(mutated), scratch, args.timeout, running):
                 survivors.append((function, line, what))
                 print(f"SURVIVED ec2:{line} {function}: {what}", flush=True)
             done.append(line)
@@ -298,7 +307,7 @@ def main():
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        if not run(ast.unparse(tree), scratches[0], args.timeout, running):
+        if not run(text(tree), scratches[0], args.timeout, running):
             raise SystemExit("the fast suite fails on ec2's own source, unparsed: fix that first")
         threads = [threading.Thread(target=worker, args=(scratch,), daemon=True) for scratch in scratches]
         for thread in threads:
