@@ -302,3 +302,19 @@ def test_the_start_command_suggested_keeps_what_followed_double_dash(ec2_run, mo
     assert (status, argv) == (1, None)
     assert err == (f"ec2: instance {INSTANCE_ID} is stopped;"
                    f" `ec2 -H {INSTANCE_ID} --start -- -A -o 'User=x y'` starts it\n")
+
+
+def test_start_looks_again_at_an_instance_that_says_it_runs_at_once(ec2_run, monkeypatch):
+    stopped = {**instance(None, private=None), "State": {"Name": "stopped"}}
+    aws = Aws(monkeypatch, describe_instances=described(stopped),
+              start_instances={"StartingInstances": [{"CurrentState": {"Name": "running"}}]})
+    real = aws.__call__
+
+    def started(profile, *args):
+        if args[1] == "start-instances":
+            aws.answers["describe_instances"] = described(instance("ec2-new.example"))
+        return real(profile, *args)
+
+    monkeypatch.setattr(ec2, "aws", started)
+    status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--start")
+    assert argv[-1] == "ec2-new.example", err
