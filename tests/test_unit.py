@@ -181,6 +181,8 @@ def test_help_teaches_with_examples(ec2_run):
     (["--push-key", "--instances"], "--via and --push-key go with a connection, or --proxy"),
     (["--status", "-i", "key"], "--identity does not go with --status"),
     (["--dry-run", "--ssh-config"], "argument --ssh-config: not allowed with argument --dry-run"),
+    (["--proxy", "gpu", "-j"], "--proxy NAME takes no -H: NAME is the host"),
+    (["--completion", "bash", "-i", "k", "--config", "c"], "--host does not go with --completion"),
     (["--ssh-config"], "--host does not go with --ssh-config"),
     (["--jupyter-port", "9000"], "--jupyter-port goes with -j, --lab or --urls"),
     (["--open", "--ssh-config"], "--open goes with --urls only"),

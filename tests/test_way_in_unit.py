@@ -475,3 +475,13 @@ def test_a_tunnel_that_cannot_be_run_is_one_message(clean_env, monkeypatch, caps
     assert ec2.main(["--proxy", INSTANCE_ID]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.endswith("ec2: cannot run aws: No such file or directory\n")
+
+
+def test_proxy_leaves_the_identity_file_to_ssh(ec2_run, clean_env, monkeypatch):
+    gone = str(clean_env / "gone.pem")
+    write_config(clean_env, f"[gpu]\ninstance = {INSTANCE_ID}\nuser = a\nidentity = {gone}\n")
+    Aws(monkeypatch, describe_instances={"Reservations": [{"Instances": [instance("ec2-1.example")]}]})
+    _, args, ssh_args = ec2.parse_command_line(["--proxy", "gpu"])
+    args.host = "gpu"
+    target = ec2.resolve(args, ssh_args, os.environ, "route")
+    assert (target.route.host, target.dest, target.identity) == ("ec2-1.example", None, gone)
