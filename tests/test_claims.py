@@ -318,3 +318,36 @@ def test_start_looks_again_at_an_instance_that_says_it_runs_at_once(ec2_run, mon
     monkeypatch.setattr(ec2, "aws", started)
     status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--start")
     assert argv[-1] == "ec2-new.example", err
+
+
+def test_status_and_stop_through_the_command_line(ec2_run, monkeypatch):
+    running = {**instance("ec2-1.example"), "InstanceType": "g5.xlarge"}
+    aws = Aws(monkeypatch, describe_instances=described(running), stop_instances={})
+    assert ec2_run("-H", INSTANCE_ID, "--status")[:3] == (
+        0, None, f"{INSTANCE_ID}  -  running  g5.xlarge  ec2-1.example\n")
+    assert ec2_run("-H", INSTANCE_ID, "--stop")[:3] == (0, None, f"stopping instance {INSTANCE_ID}\n")
+    described_twice = [("ec2", "describe-instances")] * 2
+    assert [call[:2] for call in aws.calls] == described_twice + [("ec2", "stop-instances")]
+
+
+def test_the_jupyter_line_names_the_port_the_command_line_asked_for(ec2_run, clean_env, ports_free):
+    write_config(clean_env, "[p]\nhost = box\njupyter_port = 7000\n")
+    _, argv, _, err = ec2_run("-H", "p", "-j", "--jupyter-port", "7100")
+    assert argv[1:3] == ["-L", "7100:localhost:7100"]
+    assert err.startswith("Jupyter: http://localhost:7100 -> instance port 7100;")
+
+
+def test_lab_keeps_the_profiles_forwards_first_and_reads_the_port_as_a_number(ec2_run, clean_env, ports_free,
+                                                                             monkeypatch):
+    write_config(clean_env, "[p]\nhost = box\nforward = 6006\n")
+    info = json.dumps({**INFO, "port": "8890"})  # read, not trusted to be a number
+    monkeypatch.setattr(ec2, "run_lab_script",
+                        lambda argv, where: (f"ec2-lab ready other /r/jpserver-7.json\n{info}\n", False))
+    status, argv, _, _ = ec2_run("work", "--lab", "--no-browser", "-H", "p")
+    assert argv[1:5] == ["-L", "6006:localhost:6006", "-L", "8890:localhost:8890"]
+
+
+def test_status_and_stop_of_a_stopped_instance_say_so(ec2_run, monkeypatch):
+    Aws(monkeypatch, describe_instances=described({**instance(), "State": {"Name": "stopped"}}))
+    assert ec2_run("-H", INSTANCE_ID, "--status")[2] == f"{INSTANCE_ID}  -  stopped  -  -\n"
+    assert ec2_run("-H", INSTANCE_ID, "--stop")[2] == f"instance {INSTANCE_ID} is already stopped\n"
