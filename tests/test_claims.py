@@ -284,7 +284,7 @@ def test_the_plan_of_a_session_with_jupyter(ec2_run, ports_free, monkeypatch):
 
 
 @pytest.mark.parametrize("extra, environ, opened", [
-    ([], {"BROWSER": "b"}, True), (["--no-browser"], {"BROWSER": "b"}, False), ([], {}, False)])
+    ([], {"BROWSER": "b"}, True), (["--no-browser"], {"BROWSER": "b"}, False), ([], {"HOME": "/u"}, False)])
 def test_the_plan_opens_labs_url_only_where_a_browser_may(ec2_run, ports_free, monkeypatch, extra, environ,
                                                           opened):
     monkeypatch.setattr(sys, "stdin", TTY())
