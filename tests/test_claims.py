@@ -351,3 +351,51 @@ def test_status_and_stop_of_a_stopped_instance_say_so(ec2_run, monkeypatch):
     Aws(monkeypatch, describe_instances=described({**instance(), "State": {"Name": "stopped"}}))
     assert ec2_run("-H", INSTANCE_ID, "--status")[2] == f"{INSTANCE_ID}  -  stopped  -  -\n"
     assert ec2_run("-H", INSTANCE_ID, "--stop")[2] == f"instance {INSTANCE_ID} is already stopped\n"
+
+
+def lab_answer(how, port=8890):
+    return f"ec2-lab ready {how} /r/jpserver-7.json\n{json.dumps({**INFO, 'port': port})}\n"
+
+
+@pytest.mark.parametrize("how, started, said", [
+    ("window", False, "ec2: Jupyter is already running in window 'jupyter' of tmux session 'work'\n"),
+    ("other", False, "ec2: using the Jupyter server already running on box (pid 1, /home/ubuntu)\n"),
+    ("window", True, ""),  # run_lab_script has said that it started it
+])
+def test_lab_says_which_server_it_uses(ec2_run, ports_free, monkeypatch, how, started, said):
+    monkeypatch.setattr(ec2, "run_lab_script", lambda argv, where: (lab_answer(how), started))
+    _, _, _, err = ec2_run("work", "--lab", "--no-browser", "-H", "box")
+    assert err == said + "Jupyter: http://localhost:8890/?token=abc123 -> instance port 8890\n"
+
+
+def test_what_lab_wrote_for_ssh_goes_when_ssh_cannot_be_run(ec2_run, ports_free, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("BROWSER", "true")
+    monkeypatch.setattr(ec2, "run_lab_script", lambda argv, where: (lab_answer("window"), False))
+    helpers = []
+    monkeypatch.setattr(ec2, "open_browser_later", lambda probe, page: helpers.append(page))
+
+    records = tmp_path / "cache" / "ec2" / "forwards"
+
+    def missing(file, args):
+        assert sorted(path.suffix for path in records.iterdir()) == ["", ".html"]  # the record, the page
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(ec2.os, "execvp", missing)
+    monkeypatch.setattr(sys, "stdin", TTY())
+    assert ec2.main(["work", "--lab", "-H", "box"]) == 127
+    assert len(helpers) == 1 and list(records.iterdir()) == []
+
+
+def test_a_cache_that_cannot_be_written_costs_the_record_and_the_browser_not_the_connection(
+        ec2_run, ports_free, monkeypatch, tmp_path):
+    (tmp_path / "cache").write_text("a file where the cache directory would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("BROWSER", "true")
+    monkeypatch.setattr(ec2, "run_lab_script", lambda argv, where: (lab_answer("window"), False))
+    status, argv, _, err = ec2_run("work", "--lab", "-H", "box")
+    assert status == "exec" and argv[-1] == "work"
+    lines = err.splitlines()
+    assert lines[2].startswith("ec2: cannot record the forwards, so `ec2 --urls` will not see them: ")
+    assert lines[3].startswith("ec2: cannot open the browser (") and lines[3].endswith(
+        "); open the URL above by hand")
