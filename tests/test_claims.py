@@ -7,6 +7,7 @@ break of ec2 made by hand (the break is in the test's comment).
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -399,3 +400,16 @@ def test_a_cache_that_cannot_be_written_costs_the_record_and_the_browser_not_the
     assert lines[2].startswith("ec2: cannot record the forwards, so `ec2 --urls` will not see them: ")
     assert lines[3].startswith("ec2: cannot open the browser (") and lines[3].endswith(
         "); open the URL above by hand")
+
+
+def test_lab_asks_for_the_port_of_the_command_line_over_the_profiles(ec2_run, clean_env, ports_free):
+    write_config(clean_env, "[p]\nhost = box\njupyter_port = 7000\n")
+    _, _, out, _ = ec2_run("work", "--lab", "--dry-run", "-H", "p", "--jupyter-port", "7100")
+    assert shlex.split(out.splitlines()[1])[-5:-3] == ["work", "7100"]  # LAB_SCRIPT's $1 and $2
+
+
+def test_lab_says_the_command_that_tries_again_with_what_followed_double_dash(ec2_run, ports_free,
+                                                                              monkeypatch):
+    monkeypatch.setattr(ec2, "run_lab_script", lambda argv, where: ("ec2-lab timeout\nstarting\n", True))
+    status, _, _, err = ec2_run("work", "--lab", "-H", "box", "--", "-v")
+    assert status == 1 and "`ec2 -H box work --lab -- -v` uses it once it is up" in err
