@@ -485,3 +485,26 @@ def test_proxy_leaves_the_identity_file_to_ssh(ec2_run, clean_env, monkeypatch):
     args.host = "gpu"
     target = ec2.resolve(args, ssh_args, os.environ, "route")
     assert (target.route.host, target.dest, target.identity) == ("ec2-1.example", None, gone)
+
+
+@pytest.mark.parametrize("took, sends", [(39.0, 1), (41.0, 2)])
+def test_lab_sends_the_same_key_again_once_40_seconds_have_gone(via, monkeypatch, took, sends):
+    import time
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def round_trip(argv, where):
+        clock[0] += took
+        info = {"port": 8888, "token": "t", "base_url": "/", "hostname": "localhost", "pid": 4242}
+        return f"ec2-lab ready window /r/jpserver-4242.json\n{json.dumps(info)}", True
+
+    monkeypatch.setattr(ec2, "run_lab_script", round_trip)
+    status, _, _, err, calls = via("work", "--lab", "--no-browser", "--push-key",
+                                   "-H", f"ubuntu@{INSTANCE_ID}", found=instance("ec2-1.example"),
+                                   answers={"send_ssh_public_key": {"Success": True}})
+    assert status == "exec", err
+    sent = [c for c in calls if c[1] == "send-ssh-public-key"]
+    assert len(sent) == sends and sent[-1] == sent[0]
+    assert sent[0][:5] == ("ec2-instance-connect", "send-ssh-public-key", "--instance-id", INSTANCE_ID,
+                           "--instance-os-user")
