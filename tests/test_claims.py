@@ -415,10 +415,12 @@ def test_lab_says_the_command_that_tries_again_with_what_followed_double_dash(ec
     assert status == 1 and "`ec2 -H box work --lab -- -v` uses it once it is up" in err
 
 
-def test_urls_suggest_j_for_the_port_the_command_line_names(ec2_run, clean_env, ports_free, monkeypatch):
+def test_urls_suggest_j_alone_only_for_the_port_it_forwards_for_the_profile(ec2_run, clean_env, ports_free,
+                                                                           monkeypatch):
     write_config(clean_env, "[p]\nhost = box\njupyter_port = 7000\n")
-    answer = listing(("running", "/r/jpserver-1.json", json.dumps(INFO)))
+    answer = listing(("running", "/r/jpserver-1.json", json.dumps(INFO)),
+                     ("running", "/r/jpserver-2.json", json.dumps({**INFO, "port": 7000})))
     monkeypatch.setattr(ec2, "run_remote", lambda argv, script: subprocess.CompletedProcess(argv, 0, answer))
-    assert ec2_run("-H", "p", "--urls")[2].endswith("(not forwarded; run: ec2 -H p --jupyter-port 8888 -j)\n")
-    assert ec2_run("-H", "p", "--urls", "--jupyter-port", "8888")[2].endswith(
-        "(not forwarded; run: ec2 -H p -j)\n")
+    lines = ec2_run("-H", "p", "--urls")[2].splitlines()
+    assert lines[0].endswith("(not forwarded; run: ec2 -H p -j)") and "instance port 7000" in lines[0]
+    assert lines[1].endswith("(not forwarded; run: ec2 -H p --jupyter-port 8888 -j)")

@@ -184,7 +184,8 @@ def test_help_teaches_with_examples(ec2_run):
     (["--proxy", "gpu", "-j"], "--proxy NAME takes no -H: NAME is the host"),
     (["--completion", "bash", "-i", "k", "--config", "c"], "--host does not go with --completion"),
     (["--ssh-config"], "--host does not go with --ssh-config"),
-    (["--jupyter-port", "9000"], "--jupyter-port goes with -j, --lab or --urls"),
+    (["--jupyter-port", "9000"], "--jupyter-port goes with -j or --lab"),
+    (["--urls", "--jupyter-port", "9000"], "--jupyter-port goes with -j or --lab"),
     (["--open", "--ssh-config"], "--open goes with --urls only"),
     (["--stop", "--", "-v"], "what follows -- is for ssh, which --stop does not run"),
 ])
