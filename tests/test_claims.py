@@ -179,8 +179,26 @@ def test_start_starts_a_stopped_instance_and_ssh_retries_while_sshd_boots(ec2_ru
     status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--start", "work")
     assert [call[:2] for call in aws.calls] == [("ec2", "describe-instances"), ("ec2", "start-instances"),
                                                 ("ec2", "describe-instances")]
-    assert f"ec2: starting {INSTANCE_ID}\n" in err
+    assert err.startswith(f"ec2: starting {INSTANCE_ID}\nec2: {INSTANCE_ID}: pending, 0 s\n")
     assert argv[:5] == ["ssh", "-o", "ConnectionAttempts=90", "-o", f"HostKeyAlias={INSTANCE_ID}"]
+
+
+def test_start_shows_its_progress_on_a_terminal_as_one_line_rewritten(monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    states = iter(["pending", "pending", "running"])
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(ec2, "find_instance",
+                        lambda profile: {"InstanceId": INSTANCE_ID, "State": {"Name": next(states)}})
+    pending = {"InstanceId": INSTANCE_ID, "State": {"Name": "pending"}}
+    ec2.start_instance(ec2.Profile(None, None), pending, "ec2 --start")
+    assert terminal.getvalue() == (f"\rec2: {INSTANCE_ID}: pending, 0 s " * 3) + "\n"
 
 
 def test_instances_asks_with_the_region_of_h_else_of_default(ec2_run, clean_env, monkeypatch):
@@ -424,3 +442,13 @@ def test_urls_suggest_j_alone_only_for_the_port_it_forwards_for_the_profile(ec2_
     lines = ec2_run("-H", "p", "--urls")[2].splitlines()
     assert lines[0].endswith("(not forwarded; run: ec2 -H p -j)") and "instance port 7000" in lines[0]
     assert lines[1].endswith("(not forwarded; run: ec2 -H p --jupyter-port 8888 -j)")
+
+
+def test_completion_and_an_interrupt_exit_as_they_should(ec2_run, monkeypatch):
+    assert ec2_run("--completion", "bash")[0] == 0
+
+    def interrupted(args, environ):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ec2, "choose_profile", interrupted)
+    assert ec2_run("-H", "box")[0] == 130  # as a shell says SIGINT
