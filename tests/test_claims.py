@@ -452,3 +452,16 @@ def test_completion_and_an_interrupt_exit_as_they_should(ec2_run, monkeypatch):
 
     monkeypatch.setattr(ec2, "choose_profile", interrupted)
     assert ec2_run("-H", "box")[0] == 130  # as a shell says SIGINT
+
+
+def test_start_on_a_running_instance_writes_nothing_on_a_terminal(monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    running = {"InstanceId": INSTANCE_ID, "State": {"Name": "running"}}
+    assert ec2.start_instance(ec2.Profile(None, None), running, "ec2 --start") is running
+    assert sys.stderr.getvalue() == ""
