@@ -2,7 +2,7 @@
 """Mutation testing of ec2: run by hand, not by pytest.
 
     python3 tests/mutation.py [--jobs N] [--only NAME,...] [--operators OP,...]
-                              [--minutes M] [--list]
+                              [--rerun LOG] [--minutes M] [--list]
 
 Makes one mutant of ec2 at a time in any of its functions, writes it into a
 scratch copy of the checkout, and runs the fast suite there, stopping at the
@@ -244,6 +244,8 @@ def main():
     parser.add_argument("--operators", help="only these operators, comma-separated (default: all of "
                         + ", ".join(OPERATORS) + ")")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--rerun", metavar="LOG", help="only the mutants that LOG, the output of an earlier"
+                        " run, says SURVIVED (matched by function and change, as lines move)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds for one run (default: 300)")
     parser.add_argument("--minutes", type=float, help="start no mutant after this many minutes"
                         " (default: run them all)")
@@ -267,6 +269,10 @@ def main():
         parser.error(f"no operator {', '.join(sorted(unknown))}; the operators are {', '.join(OPERATORS)}")
     found = [p for p in points.found if (not args.only or p[0] in args.only.split(","))
              and p[2].partition(":")[0] in operators]
+    if args.rerun:
+        survived = {line.split(" ", 2)[2].strip() for line in Path(args.rerun).read_text().splitlines()
+                    if line.startswith("SURVIVED ")}
+        found = [p for p in found if f"{p[0]}: {mutate(tree, p[1], p[2], points, p[0])[1]}" in survived]
     # Each mutant is made when its turn comes: a copy of the whole tree apiece would not fit in memory.
     # With --only, the functions in the order given: the first named are run first.
     mutants = sorted(found, key=lambda p: args.only.split(",").index(p[0])) if args.only else found

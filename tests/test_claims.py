@@ -5,6 +5,7 @@ points here and to the other files. Each was seen to fail against a one-line
 break of ec2 made by hand (the break is in the test's comment).
 """
 
+import io
 import json
 import re
 import shlex
@@ -179,17 +180,19 @@ def test_start_starts_a_stopped_instance_and_ssh_retries_while_sshd_boots(ec2_ru
     status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--start", "work")
     assert [call[:2] for call in aws.calls] == [("ec2", "describe-instances"), ("ec2", "start-instances"),
                                                 ("ec2", "describe-instances")]
+    assert aws.calls[1] == ("ec2", "start-instances", "--instance-ids", INSTANCE_ID)
     assert err.startswith(f"ec2: starting {INSTANCE_ID}\nec2: {INSTANCE_ID}: pending, 0 s\n")
     assert argv[:5] == ["ssh", "-o", "ConnectionAttempts=90", "-o", f"HostKeyAlias={INSTANCE_ID}"]
 
 
+class Terminal(io.StringIO):
+    """A stderr that is a terminal, and keeps what is written to it."""
+
+    def isatty(self):
+        return True
+
+
 def test_start_shows_its_progress_on_a_terminal_as_one_line_rewritten(monkeypatch):
-    import io
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     states = iter(["pending", "pending", "running"])
@@ -455,12 +458,6 @@ def test_completion_and_an_interrupt_exit_as_they_should(ec2_run, monkeypatch):
 
 
 def test_start_on_a_running_instance_writes_nothing_on_a_terminal(monkeypatch):
-    import io
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
     monkeypatch.setattr(sys, "stderr", Terminal())
     running = {"InstanceId": INSTANCE_ID, "State": {"Name": "running"}}
     assert ec2.start_instance(ec2.Profile(None, None), running, "ec2 --start") is running
