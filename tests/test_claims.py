@@ -376,13 +376,18 @@ def test_status_and_stop_of_a_stopped_instance_say_so(ec2_run, monkeypatch):
 
 
 def lab_answer(how, port=8890):
-    return f"ec2-lab ready {how} /r/jpserver-7.json\n{json.dumps({**INFO, 'port': port})}\n"
+    info = {**INFO, "port": port}
+    if how == "other-bare":  # a server file without pid or root_dir
+        how = "other"
+        del info["pid"], info["root_dir"]
+    return f"ec2-lab ready {how} /r/jpserver-7.json\n{json.dumps(info)}\n"
 
 
 @pytest.mark.parametrize("how, started, said", [
     ("window", False, "ec2: Jupyter is already running in window 'jupyter' of tmux session 'work'\n"),
     ("other", False, "ec2: using the Jupyter server already running on box (pid 1, /home/ubuntu)\n"),
     ("window", True, ""),  # run_lab_script has said that it started it
+    ("other-bare", False, "ec2: using the Jupyter server already running on box (pid ?, no root_dir)\n"),
 ])
 def test_lab_says_which_server_it_uses(ec2_run, ports_free, monkeypatch, how, started, said):
     monkeypatch.setattr(ec2, "run_lab_script", lambda argv, where: (lab_answer(how), started))
@@ -462,3 +467,19 @@ def test_start_on_a_running_instance_writes_nothing_on_a_terminal(monkeypatch):
     running = {"InstanceId": INSTANCE_ID, "State": {"Name": "running"}}
     assert ec2.start_instance(ec2.Profile(None, None), running, "ec2 --start") is running
     assert sys.stderr.getvalue() == ""
+
+
+def test_start_says_so_when_the_instance_stops_instead_of_waiting_600_seconds(monkeypatch):
+    states = iter(["pending", "terminated"])
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(ec2, "find_instance",
+                        lambda profile: {"InstanceId": INSTANCE_ID, "State": {"Name": next(states)}})
+    pending = {"InstanceId": INSTANCE_ID, "State": {"Name": "pending"}}
+    ended = f"^instance {INSTANCE_ID} is terminated; it cannot be started again$"
+    with pytest.raises(ec2.Failure, match=ended):
+        ec2.start_instance(ec2.Profile(None, None), pending, "ec2 --start")
+
+
+def test_main_takes_any_sequence_of_words(capsys):
+    assert ec2.main(("--complete", "profiles", "--config", "/nonexistent/config")) == 0
+    assert capsys.readouterr() == ("", "")
