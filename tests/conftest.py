@@ -411,14 +411,17 @@ class Host:
     another name) and `empty` (no Jupyter).
     """
 
+    # Names and addresses of its own, for each kind of host in one test run.
+    KIND, NET = "t", 231
+
     def __init__(self, base):
         self.base = base
         tag = os.getpid() % 100000
-        self.ns = f"ec2t{tag}"
-        self.veth = (f"ec2h{tag}", f"ec2n{tag}")
+        self.ns = f"ec2{self.KIND}{tag}"
+        self.veth = (f"ec2{self.KIND}h{tag}", f"ec2{self.KIND}n{tag}")
         subnet = 10 + tag % 200
         # The namespace's own addresses, reachable only over its veth pair.
-        self.local_address, self.address = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+        self.local_address, self.address = f"10.{self.NET}.{subnet}.1", f"10.{self.NET}.{subnet}.2"
         self.tmux_dir = base / "remote-tmux"
         self.tmux_dir.mkdir(mode=0o700)
         self.ssh_config = base / "ssh_config"
@@ -488,17 +491,21 @@ Host instance
         self.netns("ip", "link", "set", there, "up")
         self.netns("ip", "link", "set", "lo", "up")
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation dir
-        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         log = open(self.base / "sshd.log", "w")
+        self.sshd = self.start_sshd(log)
+        wait_until(self.accepting, what=f"sshd on {self.address}:22 (see {log.name})")
+
+    def start_sshd(self, log):
+        """sshd in the namespace, with the instance's home laid over this machine's."""
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         # `ip netns exec` gives sshd a mount namespace of its own, where the
         # overlay makes the home directory the instance's; sh execs sshd, so
         # this pid is sshd's own.
         home = pwd.getpwuid(os.getuid()).pw_dir
-        self.sshd = self.spawn(
+        return self.spawn(
             "sh", "-c", 'mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$1"'
             ' && exec "$4" -D -e -f "$5"', "sh", home, str(self.home), str(self.base / "home-work"),
             sshd, str(self.base / "sshd_config"), stdout=log, stderr=log)
-        wait_until(self.accepting, what=f"sshd on {self.address}:22 (see {log.name})")
 
     def ec2_args(self, *args, ssh_args=()):
         """ec2's arguments that reach this host: -H instance ARGS -- -F its config."""
@@ -656,3 +663,120 @@ def terminal(tmp_path):
     t = Terminal(tmp_path, env)
     yield t
     t.close()
+
+
+# --- an instance for idle stop: its own /etc, /var, processes and ptys --------
+
+# The stand-ins that idle stop's tests put on the guard's PATH (/usr/local/sbin
+# comes first on it), each recording its arguments, one call a line, with
+# \x1f between them; nvidia-smi answers what /var/tmp/gpu says.
+RECORDING = """#!/bin/sh
+{ for a; do printf '%s\\037' "$a"; done; echo; } >> /var/tmp/{name}-calls
+"""
+NVIDIA_SMI = """#!/bin/sh
+cat /var/tmp/gpu 2>/dev/null || echo '0, 0'
+"""
+
+
+class GuardedHost(Host):
+    """A Host that idle stop may arm: as a machine of its own, not this one's.
+
+    sshd runs in a PID namespace of its own (so /proc shows only the
+    instance's processes, and they all end with it), with a devpts of its own
+    (only the instance's terminals), a /tmp and /run of its own, and overlays
+    on /etc, /var, /usr/local, /home and the home directory, so that what
+    arming writes there (systemd units, crontabs, sudoers, users) never
+    reaches this machine. shutdown, systemctl and nvidia-smi are stand-ins.
+    """
+
+    KIND, NET = "g", 232
+
+    def start_sshd(self, log):
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        home = pwd.getpwuid(os.getuid()).pw_dir
+        # What lies under /tmp and must stay: this host's files, the tests' Python.
+        # Jupyter writes where it would on an instance, in each user's home.
+        self.ssh_config.write_text("".join(line for line in self.ssh_config.read_text().splitlines(True)
+                                           if "JUPYTER_RUNTIME_DIR" not in line))
+        # The other users' key: the tests' base directory is root's alone.
+        config = self.base / "sshd_config"
+        # tmux keeps its sockets where it would on an instance, in /tmp (the instance's own).
+        config.write_text("".join(line for line in config.read_text().replace(
+            "AuthorizedKeysFile ", "AuthorizedKeysFile /etc/ec2-test-keys ").splitlines(True)
+            if "TMUX_TMPDIR" not in line))
+        keep = [p for p in dict.fromkeys([str(self.base), sys.prefix, os.path.realpath(sys.prefix),
+                                          sys.base_prefix, str(ROOT)]) if p.startswith("/tmp/")]
+        script = r"""
+set -e
+base=$1 home=$2 upper=$3 sshd=$4 config=$5; shift 5
+for d in /etc /var /usr/local /home; do
+    n=$(echo "$d" | tr / _); mkdir -p "$base/up$n" "$base/work$n"
+    mount -t overlay overlay -o "lowerdir=$d,upperdir=$base/up$n,workdir=$base/work$n" "$d"
+done
+mount -t overlay overlay -o "lowerdir=$home,upperdir=$upper,workdir=$base/home-work" "$home"
+mount -t tmpfs tmpfs /run; mkdir -p /run/sshd
+i=0; for p; do mkdir -p /run/keep$i; mount --bind "$p" /run/keep$i; i=$((i + 1)); done
+mount -t tmpfs tmpfs /tmp
+i=0; for p; do mkdir -p "$p"; mount --move /run/keep$i "$p"; rmdir /run/keep$i; i=$((i + 1)); done
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+mount --bind /dev/pts/ptmx /dev/ptmx
+exec "$sshd" -D -e -f "$config"
+"""
+        return self.spawn("unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc",
+                          "sh", "-c", script, "sh", str(self.base), home, str(self.home), sshd,
+                          str(self.base / "sshd_config"), *keep, stdout=log, stderr=log)
+
+    def start(self):
+        super().start()
+        for name in ("shutdown", "systemctl"):
+            self.put(f"/usr/local/sbin/{name}", RECORDING.replace("{name}", name), mode="755")
+        self.put("/usr/local/bin/nvidia-smi", NVIDIA_SMI, mode="755")
+
+    def ssh(self, command, user=None, input=None, check=True, timeout=60):
+        """Run the shell COMMAND on the instance (as USER, else the tests' own user)."""
+        where = f"{user}@instance" if user else "instance"
+        done = subprocess.run(["ssh", "-F", str(self.ssh_config), where, command], input=input,
+                              capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert done.returncode == 0, f"{command}: {done.returncode}\n{done.stdout}{done.stderr}"
+        return done
+
+    def put(self, path, text, mode="644"):
+        """Write TEXT to PATH on the instance."""
+        q = shlex.quote(path)
+        self.ssh(f"mkdir -p $(dirname {q}) && cat > {q} && chmod {mode} {q}", input=text)
+
+    def read(self, path):
+        """PATH's text on the instance, or None if there is no such file."""
+        done = self.ssh(f"cat {shlex.quote(path)}", check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    def calls(self, name):
+        """The argv of each call of the stand-in NAME, in order."""
+        text = self.read(f"/var/tmp/{name}-calls") or ""
+        return [line.split("\x1f")[:-1] for line in text.splitlines()]
+
+    def add_user(self, name, sudo):
+        """A user who logs in with the tests' key; with passwordless sudo if SUDO."""
+        self.ssh(f"id {name} >/dev/null 2>&1 || useradd -m -p '*' -s /bin/sh {name}")
+        self.put("/etc/ec2-test-keys", (self.base / "authorized_keys").read_text())
+        if sudo:
+            self.put(f"/etc/sudoers.d/{name}", f"{name} ALL=(ALL) NOPASSWD:ALL\n", mode="440")
+
+
+@pytest.fixture(scope="session")
+def guarded_host(tmp_path_factory):
+    missing = [t for t in ("ip", "ssh", "ssh-keygen", "tmux", "unshare", "useradd") if not shutil.which(t)]
+    if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
+        missing.append("sshd")
+    if missing:
+        skip_or_fail(f"the idle stop tests need {', '.join(missing)}"
+                     " (apt-get install openssh-server tmux iproute2 util-linux passwd)")
+    if os.geteuid() != 0:
+        skip_or_fail("the idle stop tests make namespaces, which needs root")
+    h = GuardedHost(tmp_path_factory.mktemp("guarded"))
+    try:
+        h.start()
+        yield h
+    finally:
+        h.stop()

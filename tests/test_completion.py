@@ -80,7 +80,7 @@ def need(shell):
 def test_bash_completes_options(completion):
     need("bash")
     assert completion.bash("--no") == ["--no-browser"]
-    assert completion.bash("--i") == ["--identity", "--instances"]
+    assert completion.bash("--i") == ["--identity", "--idle-stop", "--instances"]
     assert completion.starts() == 0  # the options are in the script
 
 

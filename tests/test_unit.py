@@ -202,7 +202,8 @@ SAMPLES = {"session": ["work"], "jupyter": ["-j"], "jupyter_port": ["--jupyter-p
            "open": ["--open"], "start": ["--start"], "via": ["--via", "ssm"], "push_key": ["--push-key"],
            "dry_run": ["--dry-run"], "list": ["--list"], "urls": ["--urls"], "status": ["--status"],
            "stop": ["--stop"], "instances": ["--instances"], "completion": ["--completion", "bash"],
-           "ssh_config": ["--ssh-config"], "proxy": ["--proxy", "gpu"], "ssh_args": ["--", "-v"]}
+           "ssh_config": ["--ssh-config"], "proxy": ["--proxy", "gpu"], "ssh_args": ["--", "-v"],
+           "idle_stop": ["--idle-stop", "1h"], "keep": ["--keep", "3h"]}
 
 
 def test_each_mode_takes_or_refuses_every_option_never_ignores_one(capsys):
@@ -630,11 +631,12 @@ def test_instance_table_puts_running_first_and_names_the_profile():
             {**instance("i-0000000b", "running", "beta"), "LaunchTime": "2026-11-27T10:30:00Z",
              "PrivateIpAddress": "10.0.0.7"},
             instance("i-0000000c", "running")]
-    lines = ec2.instance_table(rows, [profile_for("beta"), profile_for("i-0000000a")], now)
+    lines = ec2.instance_table(rows, [profile_for("beta"), profile_for("i-0000000a")], now,
+                               {"i-0000000b": "1h", "i-0000000c": None, "i-0000000a": "?"})
     assert [line.split() for line in lines] == [
-        ["beta", "i-0000000b", "running", "-", "10.0.0.7", "1h", "30m", "gpu"],
-        ["-", "i-0000000c", "running", "-", "-", "-", "-"],
-        ["alpha", "i-0000000a", "stopped", "-", "-", "-", "gpu"],
+        ["beta", "i-0000000b", "running", "-", "10.0.0.7", "1h", "30m", "idle-stop=1h", "gpu"],
+        ["-", "i-0000000c", "running", "-", "-", "-", "-", "-"],
+        ["alpha", "i-0000000a", "stopped", "-", "-", "-", "idle-stop=?", "gpu"],
     ]
     assert len({line.index("running") for line in lines[:2]}) == 1  # aligned
 
