@@ -7,7 +7,8 @@ serves moto's AWS API on 127.0.0.1:PORT, as `moto_server` does, and prints
 one passes through pending, stopping and shutting-down, and ec2 must handle
 those too. So a line "INSTANCE-ID STATE" on stdin puts that instance of
 us-east-1 in STATE, and "INSTANCE-ID launched SECONDS" dates its launch
-SECONDS ago; the answer is "ok", or "error: ..." on one line. moto takes
+SECONDS ago, and "INSTANCE-ID root instance-store" gives it that root device
+type; the answer is "ok", or "error: ..." on one line. moto takes
 EC2 Instance Connect's send-ssh-public-key and forgets it: here each one is
 kept, and a line "keys" answers with them all, [[instance id, user, key],
 ...], as one JSON line. The server stops when stdin closes.
@@ -42,6 +43,9 @@ def set_state(instance_id, state, seconds=None):
     instance = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(instance_id)
     if state == "launched":
         instance.launch_time = datetime.now(timezone.utc) - timedelta(seconds=int(seconds))
+        return
+    if state == "root":  # "INSTANCE-ID root instance-store": a root device moto never makes
+        instance.root_device_type = seconds
         return
     instance._state.name = state
     instance._state.code = STATE_CODES[state]
