@@ -668,14 +668,45 @@ def terminal(tmp_path):
 # --- an instance for idle stop: its own /etc, /var, processes and ptys --------
 
 # The stand-ins that idle stop's tests put on the guard's PATH (/usr/local/sbin
-# comes first on it), each recording its arguments, one call a line, with
-# \x1f between them; nvidia-smi answers what /var/tmp/gpu says.
+# comes first on it), each recording its arguments, with
+# \x1f after each, \x1e after each call; nvidia-smi answers what /var/tmp/gpu says.
 RECORDING = """#!/bin/sh
-{ for a; do printf '%s\\037' "$a"; done; echo; } >> /var/tmp/{name}-calls
+{ for a; do printf '%s\\037' "$a"; done; printf '\\036'; } >> /var/tmp/{name}-calls
 """
 NVIDIA_SMI = """#!/bin/sh
 cat /var/tmp/gpu 2>/dev/null || echo '0, 0'
 """
+
+
+# The instance's machine, for the mount namespace that runs this script with
+# BASE HOME UPPER KEEP (then what the caller adds: sshd, say): overlays on
+# /etc, /var, /usr/local, /home and HOME (whose upper layer is UPPER), whose
+# writes land in BASE; a /tmp and /run of its own, where the paths under
+# /tmp that KEEP lists (':' between them) stay; and a devpts of its own.
+PRIVATE_MACHINE = r"""
+set -e
+base=$1 home=$2 upper=$3 keep=$4; shift 4
+for d in /etc /var /usr/local /home; do
+    n=$(echo "$d" | tr / _); mkdir -p "$base/up$n" "$base/work$n"
+    mount -t overlay overlay -o "lowerdir=$d,upperdir=$base/up$n,workdir=$base/work$n" "$d"
+done
+mkdir -p "$upper" "$base/home-work"
+mount -t overlay overlay -o "lowerdir=$home,upperdir=$upper,workdir=$base/home-work" "$home"
+mount -t tmpfs tmpfs /run; mkdir -p /run/sshd
+IFS=:; i=0; for p in $keep; do mkdir -p /run/keep$i; mount --bind "$p" /run/keep$i; i=$((i + 1)); done
+mount -t tmpfs tmpfs /tmp
+i=0; for p in $keep; do mkdir -p "$p"; mount --move /run/keep$i "$p"; rmdir /run/keep$i; i=$((i + 1)); done
+unset IFS
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+mount --bind /dev/pts/ptmx /dev/ptmx
+"""
+
+
+def private_machine(base, upper):
+    """PRIVATE_MACHINE's BASE HOME UPPER KEEP: KEEP what lies under /tmp and must stay."""
+    keep = [p for p in dict.fromkeys([str(base), sys.prefix, os.path.realpath(sys.prefix), sys.base_prefix,
+                                      str(ROOT)]) if p.startswith("/tmp/")]
+    return [str(base), pwd.getpwuid(os.getuid()).pw_dir, str(upper), ":".join(keep)]
 
 
 class GuardedHost(Host):
@@ -693,8 +724,6 @@ class GuardedHost(Host):
 
     def start_sshd(self, log):
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        home = pwd.getpwuid(os.getuid()).pw_dir
-        # What lies under /tmp and must stay: this host's files, the tests' Python.
         # Jupyter writes where it would on an instance, in each user's home.
         self.ssh_config.write_text("".join(line for line in self.ssh_config.read_text().splitlines(True)
                                            if "JUPYTER_RUNTIME_DIR" not in line))
@@ -704,27 +733,10 @@ class GuardedHost(Host):
         config.write_text("".join(line for line in config.read_text().replace(
             "AuthorizedKeysFile ", "AuthorizedKeysFile /etc/ec2-test-keys ").splitlines(True)
             if "TMUX_TMPDIR" not in line))
-        keep = [p for p in dict.fromkeys([str(self.base), sys.prefix, os.path.realpath(sys.prefix),
-                                          sys.base_prefix, str(ROOT)]) if p.startswith("/tmp/")]
-        script = r"""
-set -e
-base=$1 home=$2 upper=$3 sshd=$4 config=$5; shift 5
-for d in /etc /var /usr/local /home; do
-    n=$(echo "$d" | tr / _); mkdir -p "$base/up$n" "$base/work$n"
-    mount -t overlay overlay -o "lowerdir=$d,upperdir=$base/up$n,workdir=$base/work$n" "$d"
-done
-mount -t overlay overlay -o "lowerdir=$home,upperdir=$upper,workdir=$base/home-work" "$home"
-mount -t tmpfs tmpfs /run; mkdir -p /run/sshd
-i=0; for p; do mkdir -p /run/keep$i; mount --bind "$p" /run/keep$i; i=$((i + 1)); done
-mount -t tmpfs tmpfs /tmp
-i=0; for p; do mkdir -p "$p"; mount --move /run/keep$i "$p"; rmdir /run/keep$i; i=$((i + 1)); done
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
-mount --bind /dev/pts/ptmx /dev/ptmx
-exec "$sshd" -D -e -f "$config"
-"""
         return self.spawn("unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc",
-                          "sh", "-c", script, "sh", str(self.base), home, str(self.home), sshd,
-                          str(self.base / "sshd_config"), *keep, stdout=log, stderr=log)
+                          "sh", "-c", PRIVATE_MACHINE + 'exec "$1" -D -e -f "$2"\n', "sh",
+                          *private_machine(self.base, self.home), sshd, str(self.base / "sshd_config"),
+                          stdout=log, stderr=log)
 
     def start(self):
         super().start()
@@ -754,7 +766,7 @@ exec "$sshd" -D -e -f "$config"
     def calls(self, name):
         """The argv of each call of the stand-in NAME, in order."""
         text = self.read(f"/var/tmp/{name}-calls") or ""
-        return [line.split("\x1f")[:-1] for line in text.splitlines()]
+        return [call.split("\x1f")[:-1] for call in text.split("\x1e")[:-1]]
 
     def add_user(self, name, sudo):
         """A user who logs in with the tests' key; with passwordless sudo if SUDO."""
