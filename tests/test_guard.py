@@ -14,6 +14,7 @@ real tmux, Jupyter server and kernel.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,11 +144,12 @@ def test_a_keep_is_in_use_until_it_ends_and_off_ends_it(machine):
 
 def test_the_first_window_after_boot_is_in_use(machine):
     out = machine(4, "sed \"s/^btime .*/btime $(($(date +%s) - 1))/\" /proc/stat > /tmp/stat;"
-                     " mount --bind /tmp/stat /proc/stat; $g check; state; $g status; sleep 4; $g check;"
-                     " state")
+                     " mount --bind /tmp/stat /proc/stat; $g check; state; sleep 2; $g status; sleep 2;"
+                     " $g check; state")
     lines = out.splitlines()
     assert lines[0] == "idle" and lines[1].startswith("booted at ")
-    assert lines[2].startswith("idle 1 of 4 min (last: booted at ") or lines[2].startswith("idle 0 of 4 min")
+    assert re.match(r"idle [34] of 4 min \(last: booted at \d\d:\d\d\); idle stop after 4 min unused",
+                    lines[2])
     assert lines[3] == "stopping"
 
 
@@ -228,12 +230,13 @@ def test_install_with_cron_then_remove_leaves_nothing(machine):
         skip_or_fail("the guard's cron install needs crontab (apt-get install cron)")
     out = machine(3, f"rm -rf {LIB} /etc/ec2-idle-stop.conf {GUARD}; sh \"$1\" install 60; crontab -l;"
                      f" cat /etc/ec2-idle-stop.conf; sleep 0.5; p=$(cat {LIB}/pid); kill -0 $p && echo loop;"
-                     f" $g remove; crontab -l; echo; ls {LIB} {GUARD} /etc/ec2-idle-stop.conf"
-                     " /var/log/ec2-idle-stop.log 2>&1 | wc -l; kill -0 $p 2>/dev/null || echo stopped")
+                     f" $g remove; crontab -l; echo; for f in {LIB} {GUARD} /etc/ec2-idle-stop.conf"
+                     " /var/log/ec2-idle-stop.log; do [ ! -e $f ] || echo left $f; done;"
+                     " kill -0 $p 2>/dev/null || echo stopped")
     lines = out.splitlines()
     assert lines[0] == "ec2-idle armed 60 cron"
     assert f"@reboot {GUARD} run # ec2-idle-stop" in lines and "window=60" in lines and "loop" in lines
-    assert lines[-4:] == ["ec2-idle removed", "", "4", "stopped"]  # four "No such file" lines
+    assert lines[-3:] == ["ec2-idle removed", "", "stopped"]  # no crontab line, no file, no loop left
 
 
 def test_install_with_systemd_writes_a_unit_and_starts_it(machine):
@@ -243,6 +246,9 @@ def test_install_with_systemd_writes_a_unit_and_starts_it(machine):
                      " cat /var/tmp/systemctl-calls")
     assert out.startswith("ec2-idle armed 45 systemd\n[Unit]\n")
     assert f"ExecStart={GUARD} run\n" in out and "Restart=always\n" in out
+    made = calls(out.split("[Install]\nWantedBy=multi-user.target\n")[1].split("ls: ")[0])
+    assert made == [["daemon-reload"], ["enable", "ec2-idle-stop.service"],
+                    ["restart", "ec2-idle-stop.service"]]
     assert ["disable", "--now", "ec2-idle-stop.service"] in calls(out.split("No such file")[-1])
 
 
@@ -250,3 +256,37 @@ def test_install_without_systemd_or_cron_says_so_and_installs_nothing(machine):
     out = machine(3, f"rm -rf {LIB} /etc/ec2-idle-stop.conf {GUARD}; p=$(command -v crontab) &&"
                      " mount --bind /dev/null $p; sh \"$1\" install 60; ls {LIB} {GUARD} 2>&1 | wc -l")
     assert out.splitlines() == ["ec2-idle no-boot", "2"]
+
+
+def test_a_whole_window_unused_is_enough_to_stop(machine):
+    out = machine(3, f"echo $(($(date +%s) - 3)) > {LIB}/started; $g check; state")
+    assert out.splitlines()[0] == "stopping"  # 3 of 3 minutes unused
+
+
+def test_a_process_started_since_the_last_check_and_short_lived_children_count(machine):
+    out = machine(3, "$g check; sh -c 'while :; do :; done' & p=$!; sleep 1; $g check; state; kill $p;"
+                     " sleep 2; $g check;"
+                     # A make that runs one short compiler after another: each lives between two checks.
+                     " sh -c 'while :; do sh -c \"i=0; while [ \\$i -lt 3000 ];"
+                     " do i=\\$((i + 1)); done\"; done'"
+                     " & p=$!; sleep 1; $g check; state; kill $p")
+    lines = out.splitlines()
+    assert lines[0] == "in-use" and lines[1].startswith("CPU at ")
+    assert lines[2] == "in-use" and lines[3].startswith("CPU at ")
+
+
+def test_a_keep_counts_for_the_user_who_asked_it(machine):
+    out = machine(3, "useradd -M alice; setpriv --reuid alice --regid alice --clear-groups $g keep 30m;"
+                     f" ls {LIB}/keep; $g check; state")
+    lines = out.splitlines()
+    assert lines[1] == "alice" and lines[2] == "in-use" and lines[3].endswith(" by alice")
+
+
+def test_the_stop_is_said_in_every_tmux_session(machine):
+    out = machine(3, "tmux new-session -d -s work; script -qf -c 'tmux attach -t work' /tmp/screen"
+                     " < /dev/null > /dev/null 2>&1 &"
+                     " until tmux list-clients | grep -q work; do sleep 0.1; done;"
+                     " touch -a -d @$(($(date +%s) - 1000)) /dev/pts/*; $g check; sleep 0.5;"
+                     " grep -c 'ec2 idle stop: nothing has used this instance for 3 min' /tmp/screen;"
+                     " tmux kill-server")
+    assert out.splitlines() == ["1"]

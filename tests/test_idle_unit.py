@@ -254,3 +254,17 @@ def test_the_scripts_for_the_instance_read_alike_in_every_login_shell():
     # The guard itself is a file: sh reads it, and it parses.
     assert subprocess.run(["sh", "-n"], input=ec2.GUARD_SCRIPT, text=True).returncode == 0
     assert "{" not in ec2.GUARD_SEND  # a constant: nothing is formatted into it
+
+
+def test_a_connection_arms_first_and_dry_run_only_says_it_would(ec2_run, monkeypatch):
+    profile = ec2.Profile("gpu", "/cfg")
+    profile.idle_stop = 60
+    monkeypatch.setattr(ec2, "resolve", lambda *a, **k: target(profile, box()))
+    armed = []
+    monkeypatch.setattr(ec2, "arm_guard", lambda target, window: armed.append(window))
+    status, argv, out, _ = ec2_run("-H", "gpu", "--dry-run")
+    assert (status, argv, armed) == (0, None, [])
+    assert out == ("# ec2 first arms idle stop (1h) on i-0123456789abcdef0 (gpu-box), as ec2 --idle-stop"
+                   " does; then runs:\nssh ubuntu@gpu.example\n")
+    status, argv, _, _ = ec2_run("-H", "gpu")
+    assert (status, argv, armed) == ("exec", ["ssh", "ubuntu@gpu.example"], [60])
