@@ -190,8 +190,9 @@ def recent():
 
 def kernels_seen(machine, kernels, asker, token="s3cret-token-42", accept=None):
     """What the guard sees of a Jupyter server answering KERNELS, asked with ASKER
-    (python3, or curl where no python3 runs); and every argv it gave either."""
-    mask = "mount --bind /dev/null $(readlink -f /usr/bin/python3);" if asker == "curl" else ""
+    (curl, or python3 where there is no curl); and every argv it gave either."""
+    mask = "rm /usr/local/sbin/curl; mount --bind /dev/null $(readlink -f /usr/bin/curl);" \
+        if asker == "python3" else ""
     jupyter = shlex_join([sys.executable, "-c", JUPYTER])
     out = machine(3, f"{jupyter} > /tmp/ready & p=$!; until [ -s /tmp/ready ]; do sleep 0.05; done;"
                      f" {mask} $g check; state; echo ---; cat /var/tmp/python3-calls /var/tmp/curl-calls"
@@ -209,7 +210,8 @@ def test_a_busy_kernel_is_in_use_however_old_its_last_activity_and_the_token_is_
     assert seen[0] == "in-use" and seen[1].startswith("kernel python3 busy (Jupyter pid ")
     assert not any("s3cret-token-42" in word for call in argvs for word in call)
     curled = [call for call in argvs if "-K" in call]
-    assert curled if asker == "curl" else not curled  # curl only where python3 does not run
+    pythons = [call for call in argvs if call[:1] == ["-c"]]
+    assert (bool(curled), bool(pythons)) == (asker == "curl", asker == "python3")  # python3 only without curl
 
 
 @pytest.mark.parametrize("asker", ["python3", "curl"])

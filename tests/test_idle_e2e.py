@@ -170,12 +170,11 @@ def swept_check(guard, host):
 @pytest.mark.parametrize("asker", ["python3", "curl"])
 def test_a_kernel_busy_with_a_silent_cell_keeps_it_and_its_token_is_on_no_argv(guard, guarded_host, asker):
     host = guarded_host
-    if asker == "curl":  # an instance without python3: the guard asks with curl
-        host.ssh("mount --bind /dev/null /usr/bin/python3")
-    # Each argv the guard gives them, recorded on their way to the real ones.
-    for name in ("python3", "curl"):
-        passing = RECORDING.replace("{name}", name) + f'exec /usr/bin/{name} "$@"\n'
-        host.put(f"/usr/local/sbin/{name}", passing, mode="755")
+    if asker == "python3":  # an instance without curl: the guard asks with python3
+        host.ssh("mount --bind /dev/null $(readlink -f /usr/bin/curl)")
+    # Each argv the guard gives it, recorded on its way to the real one.
+    passing = RECORDING.replace("{name}", asker) + f'exec /usr/bin/{asker} "$@"\n'
+    host.put(f"/usr/local/sbin/{asker}", passing, mode="755")
     try:
         token = start_jupyter(host)
         guard.arm(3)
@@ -193,9 +192,9 @@ def test_a_kernel_busy_with_a_silent_cell_keeps_it_and_its_token_is_on_no_argv(g
         assert wait_until(lambda: guard.check()[0] == "stopping", 30, what="the stop once the cell ended")
         assert "kernel python3 active" in guard.log()[-2]
     finally:
-        host.ssh("rm /usr/local/sbin/python3 /usr/local/sbin/curl")
-        if asker == "curl":
-            host.ssh("umount /usr/bin/python3")
+        host.ssh(f"rm /usr/local/sbin/{asker}")
+        if asker == "python3":
+            host.ssh("umount $(readlink -f /usr/bin/curl)")
         stop_jupyter(host)
 
 
