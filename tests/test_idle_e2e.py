@@ -200,8 +200,11 @@ def test_a_kernel_busy_with_a_silent_cell_keeps_it_and_its_token_is_on_no_argv(g
 
 def stop_jupyter(host):
     """Stop the instance's Jupyter servers by their pids (their kernels go with them)."""
+    # Ended is gone or a zombie: tmux 3.3a can be slow to reap its pane's process.
     host.ssh("for f in ~/.local/share/jupyter/runtime/jpserver-*.json; do [ -e \"$f\" ] || continue;"
-             " p=${f##*-}; p=${p%.json}; kill $p; while kill -0 $p 2>/dev/null; do sleep 0.1; done; done")
+             " p=${f##*-}; p=${p%.json}; kill $p;"
+             " while s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null) && [ \"$s\" != Z ]; do sleep 0.1; done;"
+             " done")
 
 
 def test_a_busy_gpu_keeps_it_and_an_idle_one_does_not(guard, guarded_host):
