@@ -256,6 +256,23 @@ def recorder(tmp_path):
 # --- the AWS CLI against moto ----------------------------------------------------
 
 
+class FakeAws:
+    """ec2.aws replaced: records each call's arguments, answers from a list (raising
+    an answer that is an exception, as a Failure of the CLI)."""
+
+    def __init__(self, monkeypatch, *answers):
+        self.calls, self.answers = [], list(answers)
+        monkeypatch.setattr(ec2, "aws", self)
+
+    def __call__(self, profile, *args):
+        self.calls.append(args)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+
 MOTO = ROOT / "tests" / "moto_ec2.py"
 
 
@@ -570,22 +587,30 @@ Host instance
         subprocess.run(["ip", "link", "del", self.veth[0]], capture_output=True)
 
 
-@pytest.fixture(scope="session")
-def host(tmp_path_factory):
-    missing = [t for t in ("ip", "ssh", "ssh-keygen", "tmux") if not shutil.which(t)]
+def started_host(kind, base, tools=(), packages=""):
+    """A started host of class KIND in BASE, for a fixture to yield from; stopped after.
+
+    TOOLS are what it needs beyond ip, ssh, tmux and sshd, from the Debian PACKAGES.
+    """
+    missing = [t for t in ("ip", "ssh", "ssh-keygen", "tmux", *tools) if not shutil.which(t)]
     if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
         missing.append("sshd")
     if missing:
-        skip_or_fail(f"end-to-end tests need {', '.join(missing)}"
-                     " (apt-get install openssh-server tmux iproute2)")
+        install = " ".join(["apt-get install openssh-server tmux iproute2", packages]).strip()
+        skip_or_fail(f"end-to-end tests need {', '.join(missing)} ({install})")
     if os.geteuid() != 0:
-        skip_or_fail("end-to-end tests make a network namespace, which needs root")
-    h = Host(tmp_path_factory.mktemp("host"))
+        skip_or_fail("end-to-end tests make namespaces, which needs root")
+    h = kind(base)
     try:
         h.start()
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory):
+    yield from started_host(Host, tmp_path_factory.mktemp("host"))
 
 
 @pytest.fixture
@@ -778,17 +803,5 @@ class GuardedHost(Host):
 
 @pytest.fixture(scope="session")
 def guarded_host(tmp_path_factory):
-    missing = [t for t in ("ip", "ssh", "ssh-keygen", "tmux", "unshare", "useradd") if not shutil.which(t)]
-    if not (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")):
-        missing.append("sshd")
-    if missing:
-        skip_or_fail(f"the idle stop tests need {', '.join(missing)}"
-                     " (apt-get install openssh-server tmux iproute2 util-linux passwd)")
-    if os.geteuid() != 0:
-        skip_or_fail("the idle stop tests make namespaces, which needs root")
-    h = GuardedHost(tmp_path_factory.mktemp("guarded"))
-    try:
-        h.start()
-        yield h
-    finally:
-        h.stop()
+    yield from started_host(GuardedHost, tmp_path_factory.mktemp("guarded"),
+                            ("unshare", "useradd", "crontab"), "util-linux passwd cron")

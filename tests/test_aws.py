@@ -288,7 +288,7 @@ def test_instances_lists_running_first_with_uptime_and_profile(run_ec2, moto):
     done = run_ec2("--instances", profile=profile)
     (first, second) = instance_lines(done, stopped_id, running_id)
     address = moto.describe(running_id)["PublicDnsName"]
-    assert first == [running, running_id, "running", "g5.xlarge", address, "3h", "25m", "train"]
+    assert first == [running, running_id, "running", "g5.xlarge", address, "3h", "25m", "-", "train"]
     assert second[:3] == [stopped, stopped_id, "stopped"] and second[-1] == "old"
     assert "-" in second  # no uptime for a stopped instance
     assert run_ec2.recorder.argv() is None  # nothing was connected to

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import ec2, write_config
+from conftest import FakeAws, ec2, write_config
 
 
 @pytest.mark.parametrize("text, minutes", [("90m", 90), ("1h30m", 90), ("2h", 120), ("1d", 1440),
@@ -62,21 +62,6 @@ def test_a_plain_host_is_refused_before_anything_runs(ec2_run, option):
 
 
 # --- what AWS must say first -----------------------------------------------------------
-
-
-class FakeAws:
-    """ec2.aws replaced: records each call, answers from a list (a Failure is raised)."""
-
-    def __init__(self, monkeypatch, *answers):
-        self.calls, self.answers = [], list(answers)
-        monkeypatch.setattr(ec2, "aws", self)
-
-    def __call__(self, profile, *args):
-        self.calls.append(args)
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 def box(**fields):

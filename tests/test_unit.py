@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import EC2, ec2, free_port, held_port, write_config
+from conftest import EC2, FakeAws, ec2, free_port, held_port, write_config
 
 
 def test_plain_ssh(ec2_run):
@@ -511,18 +511,6 @@ def test_instance_state(state, expected):
 ])
 def test_instance_address_of_each_kind(kind, instance, expected):
     assert ec2.instance_address(instance, kind) == expected
-
-
-class FakeAws:
-    """ec2.aws replaced: records each call's arguments, answers from a list."""
-
-    def __init__(self, monkeypatch, *answers):
-        self.calls, self.answers = [], list(answers)
-        monkeypatch.setattr(ec2, "aws", self)
-
-    def __call__(self, profile, *args):
-        self.calls.append(args)
-        return self.answers.pop(0)
 
 
 def described_as(*instances):
