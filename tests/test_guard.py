@@ -287,8 +287,11 @@ def test_a_keep_counts_for_the_user_who_asked_it(machine):
 def test_the_stop_is_said_in_every_tmux_session(machine):
     out = machine(3, "tmux new-session -d -s work; script -qf -c 'tmux attach -t work' /tmp/screen"
                      " < /dev/null > /dev/null 2>&1 &"
-                     " until tmux list-clients | grep -q work; do sleep 0.1; done;"
-                     " touch -a -d @$(($(date +%s) - 1000)) /dev/pts/*; $g check; sleep 0.5;"
+                     # Drawn, so done reading its terminal at start: then untouched for 1000 s.
+                     " until grep -q '\\[work\\]' /tmp/screen 2>/dev/null; do sleep 0.1; done; sleep 0.2;"
+                     " touch -a -d @$(($(date +%s) - 1000)) /dev/pts/*; $g check;"
+                     " n=0; until grep -q 'ec2 idle stop: nothing' /tmp/screen || [ $n = 100 ]; do"
+                     " sleep 0.1; n=$((n + 1)); done;"
                      " grep -c 'ec2 idle stop: nothing has used this instance for 3 min' /tmp/screen;"
                      " tmux kill-server")
     assert out.splitlines() == ["1"]

@@ -109,6 +109,8 @@ def test_typing_in_tmux_keeps_it_and_typing_in_the_notice_period_cancels_the_sto
         term.type(shlex.join(["ssh", "-t", "-F", str(host.ssh_config), "instance",
                               "tmux", "attach", "-t", "work"]))
         wait_until(lambda: host.ssh("tmux list-clients", check=False).stdout.strip(), what="a tmux client")
+        term.wait_for("[work]")  # drawn: done reading its terminal at start
+        time.sleep(0.2)
         age_terminals(host)
         assert guard.check()[0] == "stopping"  # tmux and a client, but nobody typed for the window
         wait_until(lambda: "ec2 idle stop: nothing has used this instance for 20 min" in term.screen(),
