@@ -14,6 +14,7 @@ real tmux, Jupyter server and kernel.
 
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -88,7 +89,9 @@ def machine(tmp_path):
             ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c",
              PRIVATE_MACHINE + SETUP + lines, "sh", *private_machine(base, base / "home"),
              str(base / "guard"), str(window), str(standins)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+            # HOME as the passwd file has it, where the guard looks (its overlay takes the writes).
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "HOME": pwd.getpwuid(os.getuid()).pw_dir, **(env or {})})
         assert done.returncode == 0, done.stderr
         return done.stdout
 
