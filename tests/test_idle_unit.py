@@ -133,6 +133,7 @@ def remote(monkeypatch):
     calls, answers = [], []
 
     def run_remote(argv, script, *args, input=None):
+        assert argv == ["ssh", "ubuntu@gpu.example"]  # the target's own ssh
         calls.append((script, args, input))
         status, text = answers.pop(0)
         return subprocess.CompletedProcess(argv, status, text)
@@ -253,3 +254,18 @@ def test_a_connection_arms_first_and_dry_run_only_says_it_would(ec2_run, monkeyp
                    " does; then runs:\nssh ubuntu@gpu.example\n")
     status, argv, _, _ = ec2_run("-H", "gpu")
     assert (status, argv, armed) == ("exec", ["ssh", "ubuntu@gpu.example"], [60])
+
+
+def test_an_aws_failure_other_than_iam_is_said_as_it_is(monkeypatch):
+    offline = ec2.Failure("aws: Could not connect to the endpoint URL")
+    for instance in (box(), box(InstanceLifecycle="spot", SpotInstanceRequestId="sir-1")):
+        FakeAws(monkeypatch, offline)
+        with pytest.raises(ec2.Failure) as failed:
+            ec2.stop_is_undoable(ec2.Profile("gpu", "/cfg"), instance)
+        assert failed.value is offline
+
+
+def test_what_the_instance_prints_beside_the_guards_answer_is_passed_over(monkeypatch, remote):
+    FakeAws(monkeypatch, behaviour("stop"), {})
+    remote.answers.append((0, "ec2-idle armed 60 cron\nWelcome to Ubuntu\n"))
+    ec2.arm_guard(target(), 60)  # armed: the last line of the guard's, not the last line
