@@ -269,3 +269,20 @@ def test_what_the_instance_prints_beside_the_guards_answer_is_passed_over(monkey
     FakeAws(monkeypatch, behaviour("stop"), {})
     remote.answers.append((0, "ec2-idle armed 60 cron\nWelcome to Ubuntu\n"))
     ec2.arm_guard(target(), 60)  # armed: the last line of the guard's, not the last line
+
+
+def test_a_tag_iam_will_not_delete_leaves_the_guard_removed_and_says_so(monkeypatch, remote, capsys):
+    FakeAws(monkeypatch, ec2.Failure("aws: An error occurred (UnauthorizedOperation)"))
+    remote.answers.append((0, "ec2-idle removed\n"))
+    ec2.arm_guard(target(), "off")
+    assert capsys.readouterr().err.splitlines() == [
+        f"ec2: the guard is removed, but the tag {ec2.IDLE_STOP_TAG} that --instances reads is not removed"
+        " (aws: An error occurred (UnauthorizedOperation))",
+        "ec2: idle stop removed from i-0123456789abcdef0 (gpu-box)"]
+    assert ec2.guard_window(box(), ec2.os.environ) is None
+
+
+def test_an_ssh_that_fails_after_printing_is_a_failure_not_an_answer(remote):
+    remote.answers.append((255, "Connection to gpu.example closed by remote host.\n"))
+    with pytest.raises(ec2.Failure, match=r"ssh to ubuntu@gpu.example failed \(exit status 255\)"):
+        ec2.ask_guard(target(), "status")
