@@ -286,3 +286,18 @@ def test_an_ssh_that_fails_after_printing_is_a_failure_not_an_answer(remote):
     remote.answers.append((255, "Connection to gpu.example closed by remote host.\n"))
     with pytest.raises(ec2.Failure, match=r"ssh to ubuntu@gpu.example failed \(exit status 255\)"):
         ec2.ask_guard(target(), "status")
+
+
+def test_keep_and_idle_stop_say_the_guards_answer_for_the_instance_and_exit_0(ec2_run, monkeypatch, remote):
+    monkeypatch.setattr(ec2, "resolve", lambda *a, **k: target())
+    remote.answers += [(0, "in use until Tue 17:05\n"),
+                       (0, "in use: GPU 0 at 97%; idle stop after 1h unused\n"), (0, "ec2-idle off\n")]
+    assert ec2_run("-H", "gpu", "--keep", "3h")[::2] == (
+        0, "i-0123456789abcdef0 (gpu-box): in use until Tue 17:05\n")
+    assert ec2_run("-H", "gpu", "--idle-stop")[::2] == (
+        0, "i-0123456789abcdef0 (gpu-box): in use: GPU 0 at 97%; idle stop after 1h unused\n")
+    assert ec2_run("-H", "gpu", "--idle-stop")[::2] == (
+        0, "i-0123456789abcdef0 (gpu-box): idle stop is not armed; ec2 --idle-stop 1h arms it\n")
+    armed = []
+    monkeypatch.setattr(ec2, "arm_guard", lambda target, window: armed.append(window))
+    assert ec2_run("-H", "gpu", "--idle-stop", "off")[0] == 0 and armed == ["off"]
