@@ -259,8 +259,9 @@ def test_private_files_are_for_their_owner_only(tmp_path):
 
 
 @pytest.mark.parametrize("environ, expected", [
-    ({}, sys.platform in ("darwin", "win32")), ({"BROWSER": "firefox"}, True), ({"DISPLAY": ":0"}, True),
+    ({}, sys.platform == "darwin"), ({"BROWSER": "firefox"}, True), ({"DISPLAY": ":0"}, True),
     ({"WAYLAND_DISPLAY": "wayland-0"}, True),
+    ({"WSL_DISTRO_NAME": "Ubuntu", "PATH": "/nowhere"}, sys.platform == "darwin"),
 ])
 def test_a_browser_is_opened_only_where_there_is_one(environ, expected):
     assert ec2.can_open_browser(environ) is expected
@@ -307,11 +308,11 @@ def serve_later(port, delay, handler=FakeJupyter, after=lambda: True):
 
 def test_the_browser_opens_only_once_jupyter_answers(monkeypatch):
     opened = []
-    monkeypatch.setattr("webbrowser.open", lambda page: opened.append((page, time.monotonic())))
+    monkeypatch.setattr("webbrowser.open", lambda page: opened.append((page, time.monotonic())) or True)
     port = free_port()
     began, stop = serve_later(port, 0.6)
     try:
-        assert ec2.wait_and_open(f"http://localhost:{port}/api", "file:///p.html", time.monotonic() + 10,
+        assert ec2.wait_and_open(f"http://localhost:{port}/api", "/p.html", time.monotonic() + 10,
                                  os.getpid())
     finally:
         stop()
@@ -329,7 +330,7 @@ def test_something_else_on_the_port_is_not_jupyter(monkeypatch):
     _, stop = serve_later(port, 0, NotJupyter)
     try:
         began = time.monotonic()
-        assert not ec2.wait_and_open(f"http://localhost:{port}/api", "file:///p", began + 1.0, os.getpid())
+        assert not ec2.wait_and_open(f"http://localhost:{port}/api", "/p", began + 1.0, os.getpid())
     finally:
         stop()
     assert opened == [] and 1.0 <= time.monotonic() - began < 3
@@ -339,7 +340,7 @@ def test_the_helper_gives_up_at_its_deadline(monkeypatch):
     opened = []
     monkeypatch.setattr("webbrowser.open", opened.append)
     began = time.monotonic()
-    assert not ec2.wait_and_open(f"http://localhost:{free_port()}/api", "file:///p", began + 0.8, os.getpid())
+    assert not ec2.wait_and_open(f"http://localhost:{free_port()}/api", "/p", began + 0.8, os.getpid())
     assert opened == [] and 0.8 <= time.monotonic() - began < 3
 
 
@@ -347,7 +348,7 @@ def test_the_helper_ends_with_the_ssh_it_waits_for(monkeypatch):
     opened = []
     monkeypatch.setattr("webbrowser.open", opened.append)
     began = time.monotonic()
-    assert not ec2.wait_and_open(f"http://localhost:{free_port()}/api", "file:///p", began + 30, ended_pid())
+    assert not ec2.wait_and_open(f"http://localhost:{free_port()}/api", "/p", began + 30, ended_pid())
     assert opened == [] and time.monotonic() - began < 2
 
 

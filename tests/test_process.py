@@ -194,18 +194,6 @@ def test_urls_passes_an_ssh_failure_through(recorder):
     assert done.returncode == 255 and done.stdout == ""
 
 
-def test_open_opens_the_first_url_in_the_browser(recorder, tmp_path):
-    browser = tmp_path / "browser"
-    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {tmp_path}/opened\n')
-    browser.chmod(0o755)
-    port = free_port()
-    info = {"base_url": "/nb/", "hostname": "localhost", "port": port, "root_dir": "/srv", "token": ""}
-    done = recorder.run("--open", "-H", "box",
-                        env={"EC2_TEST_SSH_STDOUT": jupyter_listing(info), "BROWSER": f"{browser} %s"})
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "opened").read_text() == f"http://localhost:{port}/nb/"
-
-
 @pytest.mark.parametrize("args", [["--urls", "-j"], ["--urls", "work"], ["--open", "--list"],
                                   ["--open", "--dry-run"], ["--urls", "--list"]])
 def test_urls_refuses_what_it_cannot_use(recorder, args):
