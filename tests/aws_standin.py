@@ -12,7 +12,8 @@ as one JSON line, to $EC2_TEST_AWS_LOG, and then:
               version 1 did, if $EC2_TEST_AWS_VERSION_ON_STDERR is set);
   ec2 describe-instances   print $EC2_TEST_DESCRIBE, when it is set;
   ec2-instance-connect send-ssh-public-key   print $EC2_TEST_SEND_KEY_ANSWER, when set;
-and hands anything else to the real AWS CLI (moto, in the tests).
+and hands anything else to the real AWS CLI (moto, in the tests), found when
+conftest.py installed it.
 """
 
 import json
@@ -70,8 +71,9 @@ def main():
         return 0
     here = os.environ["EC2_TEST_AWS_HERE"]  # the directory of the `aws` that ran this
     os.environ["PATH"] = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != here)
+    real = os.environ["EC2_TEST_REAL_AWS"]  # by its path where it was found, as conftest installed this
     try:
-        os.execvp("aws", ["aws", *args])
+        os.execvp(real, [real, *args])
     except OSError:
         print("aws_standin: no real AWS CLI on PATH", file=sys.stderr)
         return 1

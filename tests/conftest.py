@@ -365,7 +365,11 @@ def install_aws_standin(directory, plugin=True):
     directory.mkdir(exist_ok=True)
     aws = directory / "aws"
     standin = shlex.join([sys.executable, str(ROOT / "tests" / "aws_standin.py")])
-    aws.write_text(f'#!/bin/sh\nEC2_TEST_AWS_HERE={shlex.quote(str(directory))} exec {standin} "$@"\n')
+    # The real CLI by its path, for a caller whose PATH has none (a launcher's).
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != str(directory))
+    real = shlex.quote(shutil.which("aws", path=path) or "aws")
+    aws.write_text(f'#!/bin/sh\nEC2_TEST_AWS_HERE={shlex.quote(str(directory))} EC2_TEST_REAL_AWS={real}'
+                   f' exec {standin} "$@"\n')
     aws.chmod(0o755)
     if plugin:  # only looked for: the stand-in aws does the plugin's work itself
         (directory / "session-manager-plugin").write_text("#!/bin/sh\nexit 1\n")

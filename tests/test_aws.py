@@ -4,6 +4,7 @@ moto hands out public-looking addresses: no test connects to any of them.
 The ssh step is the recording ssh on PATH.
 """
 
+import http.server
 import json
 import os
 import shlex
@@ -211,10 +212,135 @@ def test_missing_aws_cli(run_ec2, tmp_path):
     assert done.stderr.startswith("ec2: aws not found on PATH; install the AWS CLI")
 
 
-def test_no_credentials_gives_the_aws_clis_message(run_ec2):
-    done = run_ec2("-H", "i-0123456789abcdef0", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
-    assert done.returncode == 1 and done.stderr.count("\n") == 1
-    assert done.stderr.startswith("ec2: aws: ") and "Unable to locate credentials" in done.stderr
+# --- expired and missing logins: the CLI's own words, then what to run -------------------------
+
+# AWS profiles as IAM Identity Center (SSO) writes them, in both forms, with
+# the token each has cached, expired: the CLI refuses before any request.
+SSO_CONFIG = """\
+[profile legacy]
+sso_start_url = https://example.awsapps.com/start
+sso_region = us-east-1
+sso_account_id = 111111111111
+sso_role_name = Data
+region = us-east-1
+
+[profile modern]
+sso_session = team
+sso_account_id = 111111111111
+sso_role_name = Data
+region = us-east-1
+
+[sso-session team]
+sso_start_url = https://example.awsapps.com/start
+sso_region = us-east-1
+
+[profile keys]
+region = us-east-1
+
+[profile noregion]
+aws_access_key_id = testing
+aws_secret_access_key = testing
+"""
+EXPIRED_TOKEN = {"startUrl": "https://example.awsapps.com/start", "region": "us-east-1",
+                 "accessToken": "expired", "expiresAt": "2020-01-01T00:00:00Z"}
+
+
+def aws_home(tmp_path, cached=True):
+    """A HOME with SSO_CONFIG and, if CACHED, the expired tokens of both SSO profiles."""
+    import hashlib
+
+    home = tmp_path / "home"
+    cache = home / ".aws" / "sso" / "cache"
+    cache.mkdir(parents=True)
+    (home / ".aws" / "config").write_text(SSO_CONFIG)
+    for key in ("https://example.awsapps.com/start", "team") if cached else ():
+        (cache / f"{hashlib.sha1(key.encode()).hexdigest()}.json").write_text(json.dumps(EXPIRED_TOKEN))
+    return {"HOME": str(home), "AWS_CONFIG_FILE": str(home / ".aws" / "config"),
+            "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+
+
+MODES = {"connect": ["-H", "gpu", "--dry-run", "work"], "instances": ["-H", "gpu", "--instances"],
+         "start": ["-H", "gpu", "--start"], "stop": ["-H", "gpu", "--stop"]}
+LOGINS = [  # aws_profile =, whether the token is cached, the CLI's words, the line ec2 adds
+    ("keys", True, "Unable to locate credentials",
+     "set up AWS credentials: aws configure --profile keys (or aws configure sso --profile keys)"),
+    ("legacy", True, "The SSO session associated with this profile has expired",
+     "log in again: aws sso login --profile legacy"),
+    ("modern", True, "Error when retrieving token from sso: Token has expired and refresh failed",
+     "log in again: aws sso login --profile modern"),
+    ("modern", False, "Error loading SSO Token: Token for team does not exist",
+     "log in again: aws sso login --profile modern"),
+    ("nosuch", True, "The config profile (nosuch) could not be found",
+     "make that AWS profile: aws configure --profile nosuch (or aws configure sso)"),
+    ("noregion", True, "You must specify a region",
+     "set a region: aws configure --profile noregion, or region = in [gpu] of {config}"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("aws_profile, cached, words, hint", LOGINS,
+                         ids=[f"{p}-{c}" for p, c, _, _ in LOGINS])
+def test_a_missing_or_expired_login_keeps_the_clis_words_and_adds_what_to_run(
+        run_ec2, tmp_path, mode, aws_profile, cached, words, hint):
+    env = aws_home(tmp_path, cached)
+    del run_ec2.recorder.env["AWS_DEFAULT_REGION"]  # each AWS profile has its region, but one
+    done = run_ec2(*MODES[mode], profile=f"[gpu]\ninstance = gpu-box\naws_profile = {aws_profile}\n",
+                   env=env)
+    assert done.returncode == 1 and run_ec2.recorder.argv() is None
+    said, added = done.stderr.splitlines() + [""] * (2 - done.stderr.count("\n"))
+    assert said.startswith("ec2: aws: ") and words in said, done.stderr
+    assert added == "ec2: " + hint.format(config=tmp_path / "ec2.ini")
+
+
+class ExpiredTokenAws(http.server.BaseHTTPRequestHandler):
+    """AWS's answer to a request signed with an expired session token, as EC2 gives it."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>ExpiredToken</Code>'
+                b"<Message>The security token included in the request is expired</Message></Error></Errors>"
+                b"<RequestID>0</RequestID></Response>")
+        self.send_response(400)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_expired_session_credentials_say_to_renew_them(run_ec2, mode):
+    import threading
+
+    with http.server.HTTPServer(("127.0.0.1", 0), ExpiredTokenAws) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            done = run_ec2(*MODES[mode], profile="[gpu]\ninstance = gpu-box\n",
+                           env={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}",
+                                "AWS_SESSION_TOKEN": "expired"})
+        finally:
+            server.shutdown()
+    assert done.returncode == 1
+    said, added = done.stderr.splitlines()
+    assert said.startswith("ec2: aws: An error occurred (ExpiredToken) when calling the")
+    assert added == ("ec2: these AWS credentials have expired; renew them, or set up lasting ones:"
+                     " aws configure")
+
+
+def test_through_a_host_block_ssh_shows_the_login_to_run_as_why_it_closed(run_ec2, tmp_path):
+    env = aws_home(tmp_path)
+    done = run_ec2("--ssh-config", profile="[gpu]\ninstance = gpu-box\naws_profile = legacy\n")
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "ssh_config").write_text(done.stdout)
+    real_ssh = shutil.which("ssh")  # this machine's, not the recording one on ec2's PATH
+    ssh = subprocess.run([real_ssh, "-F", str(tmp_path / "ssh_config"), "-o", "BatchMode=yes", "gpu", "true"],
+                         env={**run_ec2.recorder.env, **env}, capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert ssh.returncode == 255
+    lines = ssh.stderr.splitlines()
+    assert lines[0].startswith("ec2: aws: The SSO session associated with this profile has expired")
+    assert lines[1] == "ec2: log in again: aws sso login --profile legacy"
 
 
 @pytest.mark.parametrize("option", ["--status", "--stop", "--start"])

@@ -9,6 +9,9 @@ test sees every command line ec2 made.
 
 import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from test_lab_process import connecting, lab_answer
 from test_lab_unit import serve_later
 from test_process import jupyter_listing, with_terminal
 
-from conftest import EC2, ec2, free_port, wait_until
+from conftest import EC2, aws_calls, ec2, free_port, install_aws_standin, wait_until
 
 TOKEN = "t0ken-9f3a"
 # What WSL's wslpath -w makes of a Linux path, for the distribution "Test".
@@ -222,3 +225,165 @@ def test_either_sign_of_windows_is_enough(monkeypatch, capsys, platform, name):
     finally:
         monkeypatch.undo()
     assert status == 1 and capsys.readouterr().err == ec2.NOT_ON_WINDOWS + "\n"
+
+
+# --- launchers with a bare PATH: the Host blocks of --ssh-config ---------------------------
+
+# macOS's /usr/bin/python3 before the developer tools are installed.
+XCODE_STUB = """#!/bin/sh
+echo "xcode-select: note: No developer tools were found, requesting install." >&2
+exit 1
+"""
+
+
+def bare_path(tmp_path):
+    """A launcher's PATH, /usr/bin:/bin, behind a python3 that is macOS's stub."""
+    stub = tmp_path / "stub-bin"
+    stub.mkdir()
+    (stub / "python3").write_text(XCODE_STUB)
+    (stub / "python3").chmod(0o755)
+    return f"{stub}{os.pathsep}/usr/bin{os.pathsep}/bin"
+
+
+def write_blocks(tmp_path, profiles, path, ec2_file=EC2, python=sys.executable):
+    """ec2 --ssh-config's blocks for PROFILES, as ec2_file run by PYTHON with PATH writes them."""
+    config = tmp_path / "ec2.ini"
+    config.write_text(profiles)
+    done = subprocess.run([str(python), str(ec2_file), "--config", str(config), "--ssh-config"],
+                          capture_output=True, text=True, env={**os.environ, "PATH": path})
+    assert done.returncode == 0, done.stderr
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text("Host *\n  BatchMode yes\n  StrictHostKeyChecking no\n"
+                          "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n\n" + done.stdout)
+    return ssh_config
+
+
+def test_a_host_block_works_from_a_launcher_with_a_bare_path(tmp_path):
+    aws_dir = tmp_path / "aws-bin"  # where the user's shell finds aws, and the launcher does not
+    log = install_aws_standin(aws_dir)
+    ssh_config = write_blocks(tmp_path, "[gpu]\ninstance = i-0123456789abcdef0\nuser = u\n"
+                              "connect = direct\naddress = private-ip\n",
+                              f"{aws_dir}{os.pathsep}{os.environ['PATH']}")
+    found = {"InstanceId": "i-0123456789abcdef0", "State": {"Name": "running"},
+             "PrivateIpAddress": "127.0.0.1"}
+    with socket.socket() as server:  # the instance's sshd, as far as the connection goes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(20)
+        env = {"HOME": str(tmp_path), "PATH": bare_path(tmp_path), "EC2_TEST_AWS_LOG": str(log),
+               "EC2_TEST_DESCRIBE": json.dumps({"Reservations": [{"Instances": [found]}]})}
+        ssh = subprocess.Popen(["env", "-i", *(f"{k}={v}" for k, v in env.items()), "ssh", "-F",
+                                str(ssh_config), "-o", f"Port={server.getsockname()[1]}", "gpu", "true"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            conn, _ = server.accept()  # ec2 --proxy ran, found aws, and connected
+            conn.close()
+            _, stderr = ssh.communicate(timeout=20)
+        finally:
+            if ssh.poll() is None:
+                ssh.kill()
+            ssh.wait()
+    assert "xcode-select" not in stderr and "ec2:" not in stderr
+    assert [call[:2] for call in aws_calls(log)] == [["ec2", "describe-instances"]]
+
+
+@pytest.mark.parametrize("gone", ["python", "ec2"])
+def test_a_host_block_whose_python_or_ec2_has_moved_says_to_run_ssh_config_again(tmp_path, gone):
+    moved = {"python": tmp_path / "python3", "ec2": tmp_path / "ec2"}
+    moved["python"].symlink_to(sys.executable)
+    shutil.copy(EC2, moved["ec2"])
+    ssh_config = write_blocks(tmp_path, "[gpu]\ninstance = gpu-box\n", os.environ["PATH"],
+                              ec2_file=moved["ec2"], python=moved["python"])
+    moved[gone].unlink()
+    done = subprocess.run(["env", "-i", f"HOME={tmp_path}", f"PATH={bare_path(tmp_path)}", "ssh", "-F",
+                           str(ssh_config), "gpu", "true"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=20)
+    assert done.returncode == 255
+    assert done.stderr.splitlines()[0] == (f"ec2: {moved[gone]} is gone, so this Host block cannot work:"
+                                           " run ec2 --ssh-config again")
+
+
+# --- expired or missing AWS logins: the CLI's words, and what to run ---------------------
+# (test_aws.py has the real CLI say each of these, in every mode.)
+
+SAID = {  # what botocore and AWS say, word for word
+    "sso": "The SSO session associated with this profile has expired or is otherwise invalid. To refresh"
+           " this SSO session run aws sso login with the corresponding profile.",
+    "sso-session": "Error when retrieving token from sso: Token has expired and refresh failed",
+    "no-token": "Error loading SSO Token: Token for team does not exist",
+    "expired": "An error occurred (ExpiredToken) when calling the DescribeInstances operation: The security"
+               " token included in the request is expired",
+    "none": 'Unable to locate credentials. You can configure credentials by running "aws configure".',
+    "region": 'You must specify a region. You can also configure your region by running "aws configure".',
+    "profile": "The config profile (work) could not be found",
+    "denied": "An error occurred (UnauthorizedOperation) when calling the DescribeInstances operation:"
+              " You are not authorized to perform this operation.",
+}
+
+
+def profile(aws_profile=None, name="gpu"):
+    p = ec2.Profile(name, "/c/ec2.ini")
+    p.aws_profile = aws_profile
+    return p
+
+
+@pytest.mark.parametrize("said, hint", [
+    ("sso", "log in again: aws sso login --profile work"),
+    ("sso-session", "log in again: aws sso login --profile work"),
+    ("no-token", "log in again: aws sso login --profile work"),
+    ("expired", "these AWS credentials have expired; renew them, or set up lasting ones:"
+                " aws configure --profile work"),
+    ("none", "set up AWS credentials: aws configure --profile work (or aws configure sso --profile work)"),
+    ("region", "set a region: aws configure --profile work, or region = in [gpu] of /c/ec2.ini"),
+    ("profile", "make that AWS profile: aws configure --profile work (or aws configure sso)"),
+    ("denied", None),
+])
+def test_a_login_hint_says_what_to_run_for_the_aws_profile_ec2_passed(said, hint, tmp_path):
+    environ = {"AWS_CONFIG_FILE": str(tmp_path / "none")}
+    assert ec2.login_hint(SAID[said], profile("work"), environ) == hint
+
+
+def test_without_aws_profile_the_hint_names_aws_profile_else_none(tmp_path):
+    environ = {"AWS_CONFIG_FILE": str(tmp_path / "none")}
+    assert ec2.login_hint(SAID["sso"], profile(), {**environ, "AWS_PROFILE": "team"}) == (
+        "log in again: aws sso login --profile team")
+    assert ec2.login_hint(SAID["sso"], profile(), environ) == "log in again: aws sso login"
+    assert ec2.login_hint(SAID["region"], profile(name=None), environ) == (
+        "set a region: aws configure, or region = in a profile of ec2's config file")
+
+
+@pytest.mark.parametrize("key", ["sso_session = team", "sso_start_url = https://example.awsapps.com/start"])
+def test_an_expired_token_of_an_sso_profile_says_to_log_in_again(tmp_path, key):
+    config = tmp_path / "config"
+    config.write_text(f"[profile work]\n{key}\n\n[default]\n{key}\n\n[profile keys]\nregion = us-east-1\n")
+    environ = {"AWS_CONFIG_FILE": str(config)}
+    assert ec2.login_hint(SAID["expired"], profile("work"), environ) == (
+        "log in again: aws sso login --profile work")
+    assert ec2.login_hint(SAID["expired"], profile(), environ) == "log in again: aws sso login"
+    assert ec2.login_hint(SAID["expired"], profile("keys"), environ).startswith("these AWS credentials")
+
+
+def test_the_hint_is_one_line_after_the_clis_words(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(f"#!/bin/sh\necho '{SAID['sso']}' >&2\nexit 255\n")
+    (bin_dir / "aws").chmod(0o755)
+    config = tmp_path / "ec2.ini"
+    config.write_text("[gpu]\ninstance = gpu-box\naws_profile = work\n")
+    done = subprocess.run([sys.executable, str(EC2), "--config", str(config), "-H", "gpu", "--status"],
+                          env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"ec2: aws: {SAID['sso']}\nec2: log in again: aws sso login --profile work\n"
+
+
+def test_a_proxy_that_finds_no_aws_says_where_it_looked_and_to_run_ssh_config_again(tmp_path):
+    config = tmp_path / "ec2.ini"
+    config.write_text("[gpu]\ninstance = gpu-box\n")
+    done = subprocess.run([sys.executable, str(EC2), "--config", str(config), "--proxy", "gpu:22"],
+                          env={**os.environ, "PATH": "/nowhere"}, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert done.stderr == (f"ec2: {ec2.AWS_NOT_FOUND}; if it is installed, run ec2 --ssh-config again in a"
+                           " shell that finds it (this PATH is /nowhere)\n")

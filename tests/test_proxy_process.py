@@ -174,6 +174,18 @@ def ssh_reads(config, name, *args):
     return dict(line.partition(" ")[::2] for line in done.stdout.splitlines())
 
 
+def proxy_words(block):
+    """The words ec2 runs with, of the ProxyCommand of a block that ssh -G read back.
+
+    The sh before them checks they are there; test_laptop.py runs it.
+    """
+    import shlex
+
+    words = shlex.split(block["proxycommand"])
+    assert words[:2] == ["/bin/sh", "-c"] and words[3] == "ec2" and words[5] == sys.executable
+    return words[6:]
+
+
 @pytest.fixture
 def generated(tmp_path):
     config = tmp_path / "ec2.ini"
@@ -192,11 +204,11 @@ def test_ssh_config_blocks_reach_each_profile_by_name(generated, tmp_path):
     assert text.startswith(header + "\nHost gpu\n")
     assert "\n\nHost train\n" in text and "\n\nHost plain\n" in text  # a blank line between blocks
     gpu = ssh_reads(ssh_config, "gpu")
-    assert gpu["proxycommand"] == f"{EC2} --config {config} --proxy gpu:%p"
+    assert proxy_words(gpu) == [str(EC2), "--config", str(config), "--proxy", "gpu:%p"]
     assert (gpu["proxyusefdpass"], gpu["hostkeyalias"], gpu["user"]) == ("yes", INSTANCE_ID, "ubuntu")
     assert (gpu["identityfile"], gpu["serveraliveinterval"]) == ("/keys/gpu key.pem", "60")
     train = ssh_reads(ssh_config, "train")
-    assert train["proxycommand"] == f"{EC2} --config {config} --proxy train:%p"
+    assert proxy_words(train) == [str(EC2), "--config", str(config), "--proxy", "train:%p"]
     assert train["proxyusefdpass"] == "no" and "hostkeyalias" not in train  # a Name: ssh keys it by 'train'
     assert train["identityfile"] == f"{tmp_path}/ec2/push_key"
     plain = ssh_reads(ssh_config, "plain")
