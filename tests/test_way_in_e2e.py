@@ -12,12 +12,14 @@ address as its private IP.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from test_laptop import bare_path
 
 from conftest import EC2, ROOT, Terminal, aws_calls, free_port, install_aws_standin, stop_pid, wait_until
 
@@ -190,6 +192,24 @@ def test_ssh_and_scp_reach_the_instance_by_profile_name(world, host, tmp_path, n
     assert done.returncode == 0, done.stderr
     assert target.read_bytes() == payload.read_bytes()
     assert len(tunnels(world)) - before == (2 if mode == "ssm" else 0)
+
+
+@pytest.mark.parametrize("name, mode", [("gpu", "direct"), ("tun", "ssm")])
+def test_a_launcher_with_a_bare_path_reaches_the_instance_by_name(world, host, tmp_path, name, mode):
+    # As VS Code from the Dock, cron or systemd run ssh: nothing of the user's shell but HOME
+    # and a PATH of /usr/bin:/bin, behind which python3 is macOS's stub. aws is where the
+    # user's shell found it when --ssh-config ran, on no directory of that PATH.
+    config, _ = generated_config(world, host, tmp_path)
+    assert shutil.which("aws", path="/usr/bin:/bin") is None
+    before = len(aws_calls(world["log"]))
+    plumbing = [f"{k}={v}" for k, v in world["env"].items() if k.startswith(("AWS_", "EC2_TEST_"))]
+    done = subprocess.run(["env", "-i", f"HOME={tmp_path}", f"PATH={bare_path(tmp_path)}", *plumbing,
+                           "ssh", "-F", str(config), name, "echo", "reached"], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (0, "reached\n"), done.stderr
+    asked = [call[:2] for call in aws_calls(world["log"])[before:]]
+    assert asked[0] == ["ec2", "describe-instances"]
+    assert (["ssm", "start-session"] in asked) == (mode == "ssm")
 
 
 def test_no_ec2_stays_in_the_data_path_when_the_socket_is_handed_over(world, host, tmp_path):
