@@ -209,3 +209,55 @@ def test_the_server_is_the_windows_process_when_the_shell_would_not_exec_it(inst
         f.write("trap 'history -a' EXIT\n")
     info = instance.lab()
     assert info["pid"] == instance.window_pid("work")
+
+
+# --- the login shell: what its interactive start-up puts on PATH, Jupyter finds ------------
+
+# Each shell's start-up file, with Jupyter's directory on PATH only where the shell is interactive.
+STARTUP = {
+    "bash": {},  # INSTANCE_HOME's ~/.bashrc, as conda init leaves it
+    "zsh": {".zshrc": "if [[ -o interactive ]]; then\n    export PATH=$HOME/envs/base/bin:$PATH\nfi\n"},
+    "fish": {".config/fish/config.fish":
+             "if status is-interactive\n    set -gx PATH $HOME/envs/base/bin $PATH\nend\n"},
+    "csh": {".cshrc": "if ($?prompt) then\n    setenv PATH $HOME/envs/base/bin:$PATH\nendif\n"},
+    "tcsh": {".tcshrc": "if ($?prompt) then\n    setenv PATH $HOME/envs/base/bin:$PATH\nendif\n"},
+}
+
+
+def with_login_shell(instance, name, files=None):
+    shell = shutil.which(name)
+    if not shell:
+        skip_or_fail(f"these tests need {name} (apt-get install {name})")
+    for path, text in (STARTUP[name] if files is None else files).items():
+        (instance.home / path).parent.mkdir(parents=True, exist_ok=True)
+        (instance.home / path).write_text(text)
+    instance.env["SHELL"] = shell  # tmux's default shell too, which reads the window's command
+    # The PATH of an ssh command, where no jupyter is.
+    instance.env["PATH"] = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                                           if not os.path.exists(os.path.join(d, "jupyter")))
+    return shell
+
+
+@pytest.mark.parametrize("name", list(STARTUP))
+def test_each_login_shell_finds_jupyter_where_its_interactive_start_up_puts_it(instance, name):
+    with_login_shell(instance, name)
+    assert not shutil.which("jupyter", path=instance.env["PATH"])
+    info = instance.lab(port=8897)
+    assert not isinstance(info, ec2.Failure), info
+    assert info["pid"] == instance.window_pid("work") and info["port"] == 8897
+
+
+def test_tcsh_reads_cshrc_when_it_has_no_tcshrc(instance):
+    with_login_shell(instance, "tcsh", {".cshrc": STARTUP["tcsh"][".tcshrc"]})
+    assert not isinstance(instance.lab(), ec2.Failure)
+
+
+@pytest.mark.parametrize("name", ["csh", "tcsh"])
+def test_csh_says_command_not_found_and_that_is_not_found(instance, name):
+    shell = with_login_shell(instance, name)
+    failure = instance.lab(command="jupyter-nowhere lab")
+    assert isinstance(failure, ec2.Failure)
+    assert str(failure).startswith(f"`jupyter-nowhere lab` was not found on box by `{shell} -fc`"
+                                   f" (your login shell, which reads ~/.{name}rc as an interactive"
+                                   " shell does)")
+    assert str(failure).endswith("its last lines:\n  jupyter-nowhere: Command not found.")
