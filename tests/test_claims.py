@@ -218,14 +218,15 @@ def test_instances_asks_with_the_region_of_h_else_of_default(ec2_run, clean_env,
 
 def test_what_the_aws_cli_says_when_it_fails_is_one_line_after_ec2_aws(tmp_path, monkeypatch):
     fake = tmp_path / "aws"
-    fake.write_text("#!/bin/sh\necho 'Unable to locate credentials.' >&2\necho '  Run aws configure.' >&2\n"
-                    "exit 255\n")
+    fake.write_text("#!/bin/sh\necho 'An error occurred (InvalidParameterValue) when calling the' >&2\n"
+                    "echo '  DescribeInstances operation: bad filter.' >&2\nexit 255\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     with pytest.raises(ec2.Failure) as failed:
         ec2.aws(ec2.Profile(None, None), "ec2", "describe-instances")
     assert (str(failed.value), failed.value.status) == (
-        "aws: Unable to locate credentials. Run aws configure.", 1)
+        "aws: An error occurred (InvalidParameterValue) when calling the DescribeInstances operation:"
+        " bad filter.", 1)
 
 
 # --- the README's own example: the alias it replaces ---------------------------------------
