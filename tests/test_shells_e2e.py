@@ -14,20 +14,9 @@ import urllib.request
 
 import pytest
 from test_idle_e2e import stop_instance_tmux, stop_jupyter
+from test_lab_script import STARTUP  # each shell's file, with Jupyter's PATH behind its guard
 
-from conftest import Terminal, free_port, skip_or_fail, wait_until
-
-# Each shell's file, with the PATH to Jupyter ($HOME/envs/base/bin, conftest's
-# stand-in for conda's base environment) set only where the shell is interactive.
-# bash's is conftest's ~/.bashrc, as conda init leaves it.
-STARTUP = {
-    "bash": {},
-    "zsh": {".zshrc": "if [[ -o interactive ]]; then\n    export PATH=$HOME/envs/base/bin:$PATH\nfi\n"},
-    "fish": {".config/fish/config.fish":
-             "if status is-interactive\n    set -gx PATH $HOME/envs/base/bin $PATH\nend\n"},
-    "csh": {".cshrc": "if ($?prompt) then\n    setenv PATH $HOME/envs/base/bin:$PATH\nendif\n"},
-    "tcsh": {".tcshrc": "if ($?prompt) then\n    setenv PATH $HOME/envs/base/bin:$PATH\nendif\n"},
-}
+from conftest import ROOT, Terminal, free_port, skip_or_fail, wait_until
 
 
 @pytest.fixture
@@ -78,8 +67,6 @@ def everything(term):
 
 
 def terminal_for(tmp_path):
-    from conftest import ROOT
-
     return Terminal(tmp_path, {"PATH": f"{ROOT}:/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
                                "TERM": "screen-256color", "LANG": "C.UTF-8",
                                "XDG_CACHE_HOME": str(tmp_path / "cache")})
