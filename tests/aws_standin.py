@@ -12,6 +12,7 @@ as one JSON line, to $EC2_TEST_AWS_LOG, and then:
               version 1 did, if $EC2_TEST_AWS_VERSION_ON_STDERR is set);
   ec2 describe-instances   print $EC2_TEST_DESCRIBE, when it is set;
   ec2-instance-connect send-ssh-public-key   print $EC2_TEST_SEND_KEY_ANSWER, when set;
+  ec2 stop-instances   print $EC2_TEST_STOP_ANSWER, when set;
 and hands anything else to the real AWS CLI (moto, in the tests), found when
 conftest.py installed it.
 """
@@ -57,7 +58,8 @@ def main():
     canned = {("ssm", "describe-instance-information"): "EC2_TEST_SSM_ANSWER",
               ("ec2", "describe-instance-connect-endpoints"): "EC2_TEST_EICE_ANSWER",
               ("ec2", "describe-instances"): "EC2_TEST_DESCRIBE",
-              ("ec2-instance-connect", "send-ssh-public-key"): "EC2_TEST_SEND_KEY_ANSWER"}.get(tuple(command))
+              ("ec2-instance-connect", "send-ssh-public-key"): "EC2_TEST_SEND_KEY_ANSWER",
+              ("ec2", "stop-instances"): "EC2_TEST_STOP_ANSWER"}.get(tuple(command))
     if command == ["ssm", "start-session"]:
         return relay(os.environ["EC2_TEST_TUNNEL_HOST"], int(after(args, "--parameters").split("=")[1]))
     if command == ["ec2-instance-connect", "open-tunnel"]:

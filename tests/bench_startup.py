@@ -17,10 +17,25 @@ machine load, with that venv's Python:
     with a config file of four profiles (what one TAB after -H costs).
 It prints the medians and their ratios to the reference. No other config
 file is read: XDG_CONFIG_HOME points at a directory of the benchmark's own.
+
+    python3 tests/bench_startup.py --aws [--runs N] [--sequential REV]
+
+times instead, as the copied script, connections by name through the real
+AWS CLI against moto (tests/moto_ec2.py, on 127.0.0.1), interleaved:
+  - `ec2 -H host --dry-run work`, a plain host, against which the others are
+    put (and `aws --version`, one start of the CLI);
+  - `ec2 -H gpu --dry-run work`, an instance with a public address: cold
+    (nothing remembered: ec2's cache emptied before each run) and remembered;
+  - `ec2 -H private --dry-run work`, an instance with none, connect = auto,
+    the plugin present and the instance not online in SSM, so that ec2 asks
+    SSM and EICE (moto_ec2 answers both): cold, with this checkout's checks
+    at once, and with ec2 of REV (default: 4618066, before they were),
+    which asks one question after the other and remembers nothing.
 """
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +54,12 @@ def main():
     parser.add_argument("--runs", type=int, default=40, help="runs of each command (default: 40)")
     parser.add_argument("--python", default=sys.executable,
                         help="the interpreter for the venv (default: this one)")
+    parser.add_argument("--aws", action="store_true", help="time connections by name, through moto")
+    parser.add_argument("--sequential", default="4618066",
+                        help="the git revision of ec2 whose checks ran one after the other")
     args = parser.parse_args()
+    if args.aws:
+        return by_name(args)
     with tempfile.TemporaryDirectory() as tmp:
         env_dir = Path(tmp) / "venv"
         subprocess.run([args.python, "-m", "venv", str(env_dir)], check=True)
@@ -79,6 +99,76 @@ def main():
     for name, samples in times.items():
         median = statistics.median(samples)
         print(f"  {name:50s} {median * 1000:6.1f} ms  {median / base:6.2f}  {median / reference:6.2f}")
+
+
+def timed(commands, runs, env, before=None):
+    """Run COMMANDS ({name: argv}) interleaved, RUNS rounds; BEFORE(name) before each; medians."""
+    times = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, argv in commands.items():
+            if before:
+                before(name)
+            start = time.perf_counter()
+            done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            times[name].append(time.perf_counter() - start)
+            if done.returncode:
+                raise SystemExit(f"{name}: {done.stderr}")
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+def by_name(args):
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.dont_write_bytecode = True
+    from conftest import Moto
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        moto = Moto(tmp)
+        try:
+            moto.launch("bench-gpu")
+            subnet = moto.private_subnet("10.99.0.0/24")
+            private = moto.launch("bench-private", subnet=subnet)
+            moto.set_state(moto.describe(private)["VpcId"], "endpoint")
+            sequential = tmp / "ec2-sequential"
+            sequential.write_bytes(subprocess.run(["git", "show", f"{args.sequential}:ec2"], cwd=ROOT,
+                                                  capture_output=True, check=True).stdout)
+            sequential.chmod(0o755)
+            plugin = tmp / "bin" / "session-manager-plugin"  # looked for, never run
+            plugin.parent.mkdir()
+            plugin.write_text("#!/bin/sh\nexit 1\n")
+            plugin.chmod(0o755)
+            config = tmp / "ec2.ini"
+            config.write_text("[gpu]\ninstance = bench-gpu\nuser = ubuntu\n\n"
+                              "[private]\ninstance = bench-private\nuser = ubuntu\n")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EC2_"))}
+            env.update(moto.env, EC2_CONFIG=str(config), XDG_CACHE_HOME=str(tmp / "cache"),
+                       PATH=f"{plugin.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
+                            f"{os.environ['PATH']}")
+            work = ["--dry-run", "work"]
+            commands = {
+                "ec2 -H host --dry-run work (a plain host)": [EC2, "-H", "host", *work],
+                "aws --version (one start of the CLI)": ["aws", "--version"],
+                "ec2 -H gpu, cold": [EC2, "-H", "gpu", *work],
+                "ec2 -H gpu, remembered": [EC2, "-H", "gpu", *work],
+                "ec2 -H private, cold, checks at once": [EC2, "-H", "private", *work],
+                f"ec2 -H private, cold, one after another ({args.sequential})":
+                    [str(sequential), "-H", "private", *work],
+                "ec2 -H private, remembered": [EC2, "-H", "private", *work],
+            }
+
+            def before(name):
+                if "cold" in name:
+                    shutil.rmtree(tmp / "cache" / "ec2", ignore_errors=True)
+
+            medians = timed(commands, args.runs, env, before)
+        finally:
+            moto.stop()
+    plain = medians["ec2 -H host --dry-run work (a plain host)"]
+    cli = medians["aws --version (one start of the CLI)"]
+    print(f"connections by name against moto, {args.runs} interleaved runs each; medians")
+    print(f"  {'':58s} {'':>9s}  {'/ host':>6s}  {'CLI runs over host':>18s}")
+    for name, median in medians.items():
+        print(f"  {name:58s} {median * 1000:6.1f} ms  {median / plain:6.2f}  {(median - plain) / cli:18.2f}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,14 @@ serves moto's AWS API on 127.0.0.1:PORT, as `moto_server` does, and prints
 one passes through pending, stopping and shutting-down, and ec2 must handle
 those too. So a line "INSTANCE-ID STATE" on stdin puts that instance of
 us-east-1 in STATE, and "INSTANCE-ID launched SECONDS" dates its launch
-SECONDS ago, and "INSTANCE-ID root instance-store" gives it that root device
-type; the answer is "ok", or "error: ..." on one line. moto takes
+SECONDS ago, "INSTANCE-ID root instance-store" gives it that root device
+type, and "INSTANCE-ID public-ip ADDRESS" that public address (a test's own
+sandbox, as a stop and start would give it another); the answer is "ok", or
+"error: ..." on one line. moto has no SSM instance information and no EC2
+Instance Connect Endpoints: here ssm describe-instance-information answers
+that the instances of "INSTANCE-ID ssm-online" lines are online, and ec2
+describe-instance-connect-endpoints that each VPC of a "VPC-ID endpoint"
+line has a ready endpoint, eice-0 and its VPC's id. moto takes
 EC2 Instance Connect's send-ssh-public-key and forgets it: here each one is
 kept, and a line "keys" answers with them all, [[instance id, user, key],
 ...], as one JSON line. The server stops when stdin closes.
@@ -19,9 +25,12 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
+from moto.ec2.responses import EC2Response
 from moto.ec2instanceconnect.responses import Ec2InstanceConnectResponse
 from moto.server import ThreadedMotoServer
+from moto.ssm.responses import SimpleSystemManagerResponse
 
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
                "stopping": 64, "stopped": 80}
@@ -37,15 +46,37 @@ def send_ssh_public_key(self):
 
 
 Ec2InstanceConnectResponse.send_ssh_public_key = send_ssh_public_key
+ONLINE, ENDPOINT_VPCS = set(), set()
+
+
+def describe_instance_information(self):
+    return ActionResult({"InstanceInformationList": [{"InstanceId": i, "PingStatus": "Online"}
+                                                     for i in sorted(ONLINE)]})
+
+
+def describe_instance_connect_endpoints(self):
+    return ActionResult({"InstanceConnectEndpoints": [
+        {"InstanceConnectEndpointId": f"eice-0{vpc[4:]}", "State": "create-complete", "VpcId": vpc}
+        for vpc in sorted(ENDPOINT_VPCS)]})
+
+
+SimpleSystemManagerResponse.describe_instance_information = describe_instance_information
+EC2Response.describe_instance_connect_endpoints = describe_instance_connect_endpoints
 
 
 def set_state(instance_id, state, seconds=None):
+    if state in ("ssm-online", "endpoint"):
+        (ONLINE if state == "ssm-online" else ENDPOINT_VPCS).add(instance_id)
+        return
     instance = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].get_instance(instance_id)
     if state == "launched":
         instance.launch_time = datetime.now(timezone.utc) - timedelta(seconds=int(seconds))
         return
     if state == "root":  # "INSTANCE-ID root instance-store": a root device moto never makes
         instance.root_device_type = seconds
+        return
+    if state == "public-ip":  # "INSTANCE-ID public-ip ADDRESS"
+        instance.nics[0].public_ip = seconds
         return
     instance._state.name = state
     instance._state.code = STATE_CODES[state]

@@ -494,7 +494,9 @@ def test_auto_with_nothing_but_the_private_address_says_what_was_missing(run_ec2
     assert done.stderr.startswith(f"ec2: {who} has no public-dns address; trying its private"
                                   f" address {address} (not SSM, as the Session Manager plugin")
     assert "; not EICE, as the AWS CLI here (aws-cli/1." in done.stderr
-    assert commands(log) == [["ec2", "describe-instances"], []]  # and `aws --version`
+    # Then `aws --version` and the endpoint question at once: the version decides.
+    assert commands(log)[0] == ["ec2", "describe-instances"]
+    assert sorted(commands(log)[1:]) == [[], ["ec2", "describe-instance-connect-endpoints"]]
 
 
 def test_the_real_cli_version_1_cannot_open_a_tunnel(run_ec2, private):
@@ -617,3 +619,48 @@ def test_another_key_behind_the_same_instance_id_is_refused(moto, host, tmp_path
     done, *_ = login_through_moto(moto, host, tmp_path, f"{{id}} {key[0]} {key[1]}\n", checking="yes")
     assert done.returncode == 255
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in done.stderr
+
+
+# --- answers remembered: a connection by name within 10 minutes asks AWS nothing -----------
+
+
+@pytest.fixture
+def counted(run_ec2, tmp_path):
+    """The way-in tests' stand-in aws first on ec2's PATH, handing every call to the real CLI;
+    returns calls(): the (service, command) of each call so far."""
+    log = install_aws_standin(tmp_path / "aws-bin", plugin=False)
+    env = run_ec2.recorder.env
+    env.update(PATH=f"{tmp_path / 'aws-bin'}{os.pathsep}{env['PATH']}", EC2_TEST_AWS_LOG=str(log))
+    return lambda: [call[:2] for call in aws_calls(log)]
+
+
+def test_a_connection_by_name_within_the_time_asks_aws_nothing(run_ec2, moto, counted):
+    name = unique("gpu-box")
+    moto.launch(name)
+    profile = f"[gpu]\ninstance = {name}\nuser = ubuntu\n"
+    first = run_ec2("-H", "gpu", "--dry-run", "work", profile=profile)
+    assert first.returncode == 0, first.stderr
+    assert counted() == [["ec2", "describe-instances"]]  # a first connection: exactly one call
+    again = run_ec2("-H", "gpu", "--dry-run", "work", profile=profile)
+    assert (again.returncode, again.stdout) == (0, first.stdout)
+    assert counted() == [["ec2", "describe-instances"]]
+
+
+def test_after_stop_and_after_start_the_next_connection_asks_again(run_ec2, moto, counted):
+    name = unique("gpu-box")
+    moto.launch(name)
+    profile = f"[gpu]\ninstance = {name}\nuser = ubuntu\n"
+    assert run_ec2("-H", "gpu", "--dry-run", "work", profile=profile).returncode == 0
+    assert run_ec2("-H", "gpu", "--stop", profile=profile).returncode == 0
+    assert counted()[1:] == [["ec2", "describe-instances"], ["ec2", "stop-instances"]]
+    stopped = run_ec2("-H", "gpu", "--dry-run", "work", profile=profile)
+    assert stopped.returncode == 1 and "is stopped" in stopped.stderr
+    assert counted()[3:] == [["ec2", "describe-instances"]]
+    started = run_ec2("-H", "gpu", "--start", profile=profile)
+    assert started.returncode == 0, started.stderr
+    asked = len(counted())
+    assert counted()[4:6] == [["ec2", "describe-instances"], ["ec2", "start-instances"]]
+    after = run_ec2("-H", "gpu", "--dry-run", "work", profile=profile)
+    assert after.returncode == 0 and counted()[asked:] == [["ec2", "describe-instances"]]
+    assert run_ec2("-H", "gpu", "--dry-run", "work", profile=profile).stdout == after.stdout
+    assert len(counted()) == asked + 1  # remembered again

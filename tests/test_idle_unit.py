@@ -155,6 +155,18 @@ def test_arming_sends_the_guard_on_stdin_with_the_window_then_tags_the_instance(
     assert ec2.noted_guards(ec2.os.environ) == {"i-0123456789abcdef0": "1h"}
 
 
+@pytest.mark.parametrize("window", [60, "off"])
+def test_arming_forgets_the_remembered_answers_which_have_the_old_tag(monkeypatch, remote, tmp_path, window):
+    FakeAws(monkeypatch, behaviour("stop"), {})
+    remote.answers.append((0, "ec2-idle armed 60 cron\n" if window == 60 else "ec2-idle removed\n"))
+    answers = ec2.Answers(str(tmp_path / "answers"), fresh=True)
+    answers.put('["ec2", "describe-instances"]', {"Reservations": []})
+    profile = ec2.Profile("gpu", "/cfg")
+    profile.answers = answers
+    ec2.arm_guard(target(profile), window)
+    assert ec2.Answers(str(tmp_path / "answers"), fresh=False).known == {}
+
+
 def test_off_removes_the_guard_and_the_tag_and_asks_aws_nothing_first(monkeypatch, remote, capsys):
     fake = FakeAws(monkeypatch, {})
     remote.answers.append((0, "ec2-idle removed\n"))

@@ -11,10 +11,11 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import EC2, aws_calls, install_aws_standin
+from conftest import EC2, aws_calls, ec2, held_port, install_aws_standin
 
 INSTANCE_ID = "i-0123456789abcdef0"
 
@@ -321,3 +322,156 @@ def test_anything_else_is_left_to_argparse(argv):
     from conftest import ec2
 
     assert ec2.proxy_shortcut(argv) is None
+
+
+# --- AWS's answers, remembered for a while ------------------------------------------------
+
+
+def described_at(env, public=None, private="10.1.2.3"):
+    """Have the stand-in aws describe INSTANCE_ID at these addresses from now on."""
+    found = {"InstanceId": INSTANCE_ID, "State": {"Name": "running"}, "VpcId": "vpc-1",
+             "PrivateIpAddress": private}
+    if public:
+        found["PublicIpAddress"] = found["PublicDnsName"] = public
+    env["EC2_TEST_DESCRIBE"] = json.dumps({"Reservations": [{"Instances": [found]}]})
+
+
+def remembering(tmp_path, public="127.0.0.2"):
+    """The stand-in aws, and an environment of ec2's own cache; returns (calls(), env)."""
+    log = install_aws_standin(tmp_path / "bin")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EC2_", "AWS_"))}
+    env.update(PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", EC2_TEST_AWS_LOG=str(log),
+               XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    described_at(env, public)
+    return (lambda: [call[:2] for call in aws_calls(log)]), env
+
+
+def destination(argv):
+    return argv[argv.index("-t") + 1]
+
+
+def run(env, *args):
+    return subprocess.run([sys.executable, str(EC2), *args], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_a_second_lookup_within_the_time_asks_aws_nothing(tmp_path):
+    calls, env = remembering(tmp_path)
+    first = run(env, "-H", INSTANCE_ID, "--dry-run", "work")
+    assert first.returncode == 0, first.stderr
+    assert calls() == [["ec2", "describe-instances"]]  # the one call a first connection makes
+    again = run(env, "-H", INSTANCE_ID, "--dry-run", "work")
+    assert (again.stdout, again.stderr) == (first.stdout, first.stderr)
+    assert calls() == [["ec2", "describe-instances"]]
+    kept = list((tmp_path / "cache" / "ec2" / "answers").iterdir())
+    assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
+
+
+def test_an_answer_is_kept_for_10_minutes_for_its_aws_profile_and_region(tmp_path):
+    calls, env = remembering(tmp_path)
+    config = tmp_path / "ec2.ini"
+    config.write_text(f"[a]\ninstance = {INSTANCE_ID}\n[b]\ninstance = {INSTANCE_ID}\nregion = eu-west-1\n"
+                      f"[c]\ninstance = {INSTANCE_ID}\naws_profile = work\n")
+    for name in ("a", "b", "c", "a", "b", "c"):
+        assert run(env, "--config", str(config), "-H", name, "--dry-run").returncode == 0
+    assert len(calls()) == 3  # one for each AWS profile and region
+    assert len(list((tmp_path / "cache" / "ec2" / "answers").iterdir())) == 3
+    kept = Path(ec2.answers_path(ec2.Profile("a", str(config)), env))  # [a]'s: no region, no aws_profile
+    answers = json.loads(kept.read_text())
+    for entry in answers.values():
+        entry[0] -= ec2.REMEMBER_SECONDS + 1  # older than the time
+    kept.write_text(json.dumps(answers))
+    assert run(env, "--config", str(config), "-H", "a", "--dry-run").returncode == 0
+    assert len(calls()) == 4 and ec2.REMEMBER_SECONDS == 600
+
+
+def test_status_stop_and_start_always_ask_and_stop_forgets(tmp_path):
+    calls, env = remembering(tmp_path)
+    assert run(env, "-H", INSTANCE_ID, "--dry-run").returncode == 0
+    assert run(env, "-H", INSTANCE_ID, "--status").returncode == 0
+    assert run(env, "-H", INSTANCE_ID, "--status").returncode == 0
+    assert calls() == [["ec2", "describe-instances"]] * 3
+    env["EC2_TEST_STOP_ANSWER"] = json.dumps({"StoppingInstances": []})
+    assert run(env, "-H", INSTANCE_ID, "--dry-run").returncode == 0  # remembered from --status
+    assert len(calls()) == 3
+    stopped = run(env, "-H", INSTANCE_ID, "--stop")
+    assert calls()[3:] == [["ec2", "describe-instances"], ["ec2", "stop-instances"]], stopped.stderr
+    assert run(env, "-H", INSTANCE_ID, "--dry-run").returncode == 0
+    assert calls()[5:] == [["ec2", "describe-instances"]]  # forgotten: asked again
+
+
+def test_a_remembered_address_that_does_not_answer_is_looked_up_again(tmp_path, recorder):
+    from test_process import with_terminal
+
+    calls, env = remembering(tmp_path, public="127.0.0.2")
+    recorder.env.update(env, PATH=f"{recorder.bin}{os.pathsep}{env['PATH']}")
+    with held_port() as port:  # on 127.0.0.1: nothing listens on the port at 127.0.0.2
+        args = ("-H", INSTANCE_ID, "work", "--", "-p", str(port))
+        assert with_terminal(recorder, *args).returncode == 0
+        assert destination(recorder.argv()) == "127.0.0.2" and len(calls()) == 1
+        described_at(recorder.env, "127.0.0.3")  # stopped and started: a new address
+        done = with_terminal(recorder, *args)
+    assert done.returncode == 0
+    assert done.stderr == (f"ec2: {INSTANCE_ID} does not answer at 127.0.0.2; asking AWS where it is now\n")
+    assert destination(recorder.argv()) == "127.0.0.3" and len(calls()) == 2
+
+
+def test_a_remembered_private_address_is_not_tried_first(tmp_path, recorder):
+    from test_process import with_terminal
+
+    calls, env = remembering(tmp_path, public=None)
+    described_at(env, None, private="127.0.0.4")  # on loopback, should a break try it
+    recorder.env.update(env, PATH=f"{recorder.bin}{os.pathsep}{env['PATH']}")
+    config = tmp_path / "ec2.ini"
+    config.write_text(f"[vpn]\ninstance = {INSTANCE_ID}\naddress = private-ip\n")
+    with held_port() as port:  # nothing answers on it at 127.0.0.4
+        for _ in range(2):
+            done = with_terminal(recorder, "--config", str(config), "-H", "vpn", "work", "--",
+                                 "-p", str(port))
+            assert done.returncode == 0 and done.stderr == "" and destination(recorder.argv()) == "127.0.0.4"
+    assert len(calls()) == 1
+
+
+def test_proxy_tries_a_remembered_address_briefly_then_asks_again(tmp_path, proxy):
+    calls, env = remembering(tmp_path, public="127.0.0.2")
+    with socket.socket() as old, socket.socket() as new:
+        old.bind(("127.0.0.2", 0))
+        old.listen()
+        port = old.getsockname()[1]
+        new.bind(("127.0.0.3", port))
+        new.listen()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            first = proxy(f"{INSTANCE_ID}:{port}", env=env, stdin=theirs, stdout=theirs,
+                          stderr=subprocess.PIPE)
+            assert first.wait(10) == 0 and len(calls()) == 1
+        old.accept()[0].close()
+        old.close()  # the instance has gone from 127.0.0.2
+        described_at(env, "127.0.0.3")
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            again = proxy(f"{INSTANCE_ID}:{port}", env=env, stdin=theirs, stdout=theirs,
+                          stderr=subprocess.PIPE)
+            assert again.wait(10) == 0
+            new.settimeout(5)
+            new.accept()[0].close()  # it came to the new address
+        assert again.stderr.read().decode() == (f"ec2: {INSTANCE_ID} does not answer at 127.0.0.2;"
+                                                " asking AWS where it is now\n")
+        assert len(calls()) == 2
+
+
+def test_the_cli_version_is_asked_once_for_each_cli_path_and_time(tmp_path):
+    calls, env = remembering(tmp_path, public=None)
+    env.update(EC2_TEST_AWS_VERSION="aws-cli/2.15.30 Python/3.11.8",
+               EC2_TEST_EICE_ANSWER=json.dumps({"InstanceConnectEndpoints": [
+                   {"InstanceConnectEndpointId": "eice-1", "State": "create-complete"}]}))
+    for _ in range(2):
+        done = run(env, "--dry-run", "--via", "eice", "-H", INSTANCE_ID)
+        assert done.returncode == 0 and "open-tunnel" in done.stdout, done.stderr
+        # The answers forgotten, as after 10 minutes: the version is remembered apart.
+        (tmp_path / "cache" / "ec2" / "answers").rename(tmp_path / f"answers-{len(calls())}")
+    assert [call for call in calls() if call == ["--version"]] == [["--version"]]
+    aws = tmp_path / "bin" / "aws"
+    os.utime(aws, ns=(aws.stat().st_atime_ns, aws.stat().st_mtime_ns + 1))  # an upgrade
+    assert run(env, "--dry-run", "--via", "eice", "-H", INSTANCE_ID).returncode == 0
+    assert [call for call in calls() if call == ["--version"]] == [["--version"]] * 2

@@ -72,13 +72,15 @@ SSM = ["aws", "ssm", "start-session", "--target", INSTANCE_ID, "--document-name"
 EICE = ["aws", "ec2-instance-connect", "open-tunnel", "--instance-id", INSTANCE_ID, "--remote-port",
         ec2.PORT_TOKEN]
 
-# The decision table: mode, public address, plugin, answers -> path, host, aws calls made.
+# The decision table: mode, public address, plugin, answers -> path, host, aws calls made
+# (auto asks SSM and EICE at once, so it asks EICE also where SSM will do).
 ROUTES = [
     # auto with the address asked for: direct, and no call beyond describe-instances.
     ("auto", "ec2-1.example", True, {}, "direct", "ec2-1.example", []),
     ("direct", "ec2-1.example", True, {}, "direct", "ec2-1.example", []),
-    ("auto", None, True, {"describe_instance_information": online()}, "ssm", INSTANCE_ID,
-     ["describe-instance-information"]),
+    ("auto", None, True, {"describe_instance_information": online(),
+                          "describe_instance_connect_endpoints": endpoints("create-complete")}, "ssm",
+     INSTANCE_ID, ["describe-instance-information", "describe-instance-connect-endpoints"]),
     ("auto", None, False, {"describe_instance_connect_endpoints": endpoints("create-complete")}, "eice",
      INSTANCE_ID, ["describe-instance-connect-endpoints"]),
     ("auto", None, True, {"describe_instance_information": online("ConnectionLost"),
@@ -105,15 +107,77 @@ def test_the_way_in(monkeypatch, mode, public, has_plugin, answers, path, host, 
     fake = Aws(monkeypatch, **answers)
     route = ec2.choose_route(profile(), instance(public), mode, plugin(has_plugin))
     assert (route.mode, route.host) == (path, host)
-    assert [args[1] for args in fake.calls] == calls
+    assert sorted(args[1] for args in fake.calls) == sorted(calls)
     assert (route.note is None) == (path == "direct" and host != "10.1.2.3")
 
 
+def decision(monkeypatch, mode, public, has_plugin, answers):
+    """choose_route's Route, or the message of its Failure."""
+    Aws(monkeypatch, **answers)
+    try:
+        return ec2.choose_route(profile(), instance(public), mode, plugin(has_plugin))
+    except ec2.Failure as e:
+        return str(e)
+
+
+# Rows where a way in is missing or an answer is not IAM's: a Failure, said as before.
+FAILING = [
+    ("auto", None, False, {"describe_instance_connect_endpoints": endpoints()}, None),
+    ("auto", None, True, {"describe_instance_information": "aws: throttled",
+                          "describe_instance_connect_endpoints": endpoints("create-complete")}, None),
+    ("auto", None, True, {"describe_instance_information": online("ConnectionLost"),
+                          "describe_instance_connect_endpoints": "aws: throttled"}, None),
+    ("ssm", None, False, {}, None),
+    ("eice", None, True, {"describe_instance_connect_endpoints": endpoints()}, None),
+]
+
+
+@pytest.mark.parametrize("mode, public, has_plugin, answers", [row[:4] for row in ROUTES + FAILING])
+def test_the_checks_at_once_decide_as_the_checks_one_after_the_other(monkeypatch, mode, public,
+                                                                      has_plugin, answers):
+    at_once = decision(monkeypatch, mode, public, has_plugin, answers)
+    monkeypatch.setattr(ec2, "at_once", lambda *calls: [ec2.at_once_call(call) for call in calls])
+    assert at_once == decision(monkeypatch, mode, public, has_plugin, answers)
+
+
+def test_auto_asks_ssm_and_eice_at_once(monkeypatch):
+    import threading
+
+    both = threading.Barrier(2, timeout=10)  # broken unless the two questions are out together
+
+    def ask(profile, *args):
+        both.wait()
+        return online() if args[0] == "ssm" else endpoints("create-complete")
+
+    monkeypatch.setattr(ec2, "aws", ask)
+    monkeypatch.setattr(ec2, "aws_cli_version", lambda: ((2, 15), "aws-cli/2.15"))
+    assert ec2.choose_route(profile(), instance(), "auto", plugin(True)).mode == "ssm"
+
+
+def test_eice_asks_for_the_cli_version_and_the_endpoint_at_once(monkeypatch):
+    import threading
+
+    both = threading.Barrier(2, timeout=10)
+
+    def version():
+        both.wait()
+        return (2, 15), "aws-cli/2.15"
+
+    def ask(profile, *args):
+        both.wait()
+        return endpoints("create-complete")
+
+    monkeypatch.setattr(ec2, "aws", ask)
+    monkeypatch.setattr(ec2, "aws_cli_version", version)
+    assert ec2.choose_route(profile(), instance(), "eice", plugin(False)).host == INSTANCE_ID
+
+
 def test_ssm_asks_for_this_instance_and_tunnels_to_ssh_s_port(monkeypatch):
-    fake = Aws(monkeypatch, describe_instance_information=online())
+    fake = Aws(monkeypatch, describe_instance_information=online(),
+               describe_instance_connect_endpoints=endpoints())
     route = ec2.choose_route(profile(region="eu-west-1", aws_profile="work"), instance(), "auto",
                              plugin(True))
-    (args,) = fake.calls
+    (args,) = [args for args in fake.calls if args[0] == "ssm"]
     assert args[:3] == ("ssm", "describe-instance-information", "--filters")
     assert json.loads(args[3]) == [{"Key": "InstanceIds", "Values": [INSTANCE_ID]}]
     assert route.tunnel == [*SSM, "--region", "eu-west-1", "--profile", "work"]
