@@ -258,12 +258,16 @@ def write_blocks(tmp_path, profiles, path, ec2_file=EC2, python=sys.executable):
     return ssh_config
 
 
-def test_a_host_block_works_from_a_launcher_with_a_bare_path(tmp_path):
+@pytest.mark.parametrize("mode", [0o755, 0o644])  # ec2 as copied to ~/bin, or a file only Python runs
+def test_a_host_block_works_from_a_launcher_with_a_bare_path(tmp_path, mode):
     aws_dir = tmp_path / "aws-bin"  # where the user's shell finds aws, and the launcher does not
     log = install_aws_standin(aws_dir)
+    copied = tmp_path / "ec2"
+    shutil.copy(EC2, copied)
+    copied.chmod(mode)
     ssh_config = write_blocks(tmp_path, "[gpu]\ninstance = i-0123456789abcdef0\nuser = u\n"
                               "connect = direct\naddress = private-ip\n",
-                              f"{aws_dir}{os.pathsep}{os.environ['PATH']}")
+                              f"{aws_dir}{os.pathsep}{os.environ['PATH']}", ec2_file=copied)
     found = {"InstanceId": "i-0123456789abcdef0", "State": {"Name": "running"},
              "PrivateIpAddress": "127.0.0.1"}
     with socket.socket() as server:  # the instance's sshd, as far as the connection goes
