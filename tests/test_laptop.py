@@ -391,3 +391,12 @@ def test_a_proxy_that_finds_no_aws_says_where_it_looked_and_to_run_ssh_config_ag
     assert done.returncode == 1
     assert done.stderr == (f"ec2: {ec2.AWS_NOT_FOUND}; if it is installed, run ec2 --ssh-config again in a"
                            " shell that finds it (this PATH is /nowhere)\n")
+
+
+def test_the_aws_profile_in_a_hint_is_quoted_for_the_shell(tmp_path):
+    environ = {"AWS_CONFIG_FILE": str(tmp_path / "none")}
+    assert ec2.login_hint(SAID["sso"], profile("data team"), environ) == (
+        "log in again: aws sso login --profile 'data team'")
+    assert ec2.login_hint("The config profile (data team) could not be found", profile("data team"),
+                          environ) == ("make that AWS profile: aws configure --profile 'data team'"
+                                       " (or aws configure sso)")
