@@ -400,3 +400,12 @@ def test_the_aws_profile_in_a_hint_is_quoted_for_the_shell(tmp_path):
     assert ec2.login_hint("The config profile (data team) could not be found", profile("data team"),
                           environ) == ("make that AWS profile: aws configure --profile 'data team'"
                                        " (or aws configure sso)")
+
+
+def test_outside_wsl_windows_programs_on_path_are_not_used(wsl):
+    make, calls = wsl
+    directory = make("wslview", "cmd.exe", "explorer.exe", "wslpath")
+    environ = {"PATH": str(directory), "HOME": "/nonexistent"}  # no WSL_DISTRO_NAME, no WSL_INTEROP
+    assert ec2.wsl_opener(environ) is None
+    assert ec2.wsl_opener({**environ, "WSL_INTEROP": "/run/WSL/8_interop"})[0] == str(directory / "wslview")
+    assert ec2.wsl_opener({**environ, "WSL_DISTRO_NAME": "Test"})[0] == str(directory / "wslview")
