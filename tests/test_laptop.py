@@ -409,3 +409,20 @@ def test_outside_wsl_windows_programs_on_path_are_not_used(wsl):
     assert ec2.wsl_opener(environ) is None
     assert ec2.wsl_opener({**environ, "WSL_INTEROP": "/run/WSL/8_interop"})[0] == str(directory / "wslview")
     assert ec2.wsl_opener({**environ, "WSL_DISTRO_NAME": "Test"})[0] == str(directory / "wslview")
+
+
+def test_under_wsl_a_wslpath_that_fails_is_no_browser(recorder, wsl):
+    make, calls = wsl
+    directory = make("cmd.exe")
+    (directory / "wslpath").write_text("#!/bin/sh\necho 'wslpath: not a WSL path' >&2\nexit 1\n")
+    (directory / "wslpath").chmod(0o755)
+    done, _ = run_open(recorder, wsl_env(recorder, directory))
+    assert done.returncode == 0 and calls() == []  # cmd.exe is not run without a Windows path
+    assert done.stderr == "ec2: found no browser to open; open the URL above by hand\n"
+
+
+def test_ssh_config_that_cannot_tell_where_ec2_is_says_so(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/nonexistent/ec2"])
+    with pytest.raises(ec2.Failure, match="^cannot tell where ec2 or its Python is; run ec2 --ssh-config by"
+                                          " its path$"):
+        ec2.proxy_words(None, {"PATH": "/nonexistent"})
