@@ -426,3 +426,20 @@ def test_ssh_config_that_cannot_tell_where_ec2_is_says_so(monkeypatch):
     with pytest.raises(ec2.Failure, match="^cannot tell where ec2 or its Python is; run ec2 --ssh-config by"
                                           " its path$"):
         ec2.proxy_words(None, {"PATH": "/nonexistent"})
+
+
+def test_a_host_block_names_ec2_and_the_directories_of_aws_by_absolute_paths(tmp_path):
+    import shlex
+
+    aws_dir = tmp_path / "aws-bin"
+    install_aws_standin(aws_dir)  # aws and session-manager-plugin, in one directory
+    (tmp_path / "ec2.ini").write_text("[gpu]\ninstance = gpu-box\n")
+    shutil.copy(EC2, tmp_path / "ec2")  # run by a path relative to the directory it is run in
+    done = subprocess.run([sys.executable, "ec2", "--config", "ec2.ini", "--ssh-config"], cwd=tmp_path,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{aws_dir}{os.pathsep}/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if "ProxyCommand" in line)
+    words = shlex.split(line.split("ProxyCommand ", 1)[1])
+    assert words[4:] == [str(aws_dir), sys.executable, str(tmp_path / "ec2"), "--config",
+                         str(tmp_path / "ec2.ini"), "--proxy", "gpu:%p"]
