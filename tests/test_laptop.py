@@ -428,18 +428,24 @@ def test_ssh_config_that_cannot_tell_where_ec2_is_says_so(monkeypatch):
         ec2.proxy_words(None, {"PATH": "/nonexistent"})
 
 
-def test_a_host_block_names_ec2_and_the_directories_of_aws_by_absolute_paths(tmp_path):
+@pytest.mark.parametrize("apart", [False, True])  # session-manager-plugin beside aws, or elsewhere
+def test_a_host_block_names_ec2_and_the_directories_of_aws_by_absolute_paths(tmp_path, apart):
     import shlex
 
-    aws_dir = tmp_path / "aws-bin"
-    install_aws_standin(aws_dir)  # aws and session-manager-plugin, in one directory
+    aws_dir, plugin_dir = tmp_path / "aws-bin", tmp_path / ("plugin-bin" if apart else "aws-bin")
+    install_aws_standin(aws_dir, plugin=not apart)
+    if apart:
+        plugin_dir.mkdir()
+        (plugin_dir / ec2.SSM_PLUGIN).write_text("#!/bin/sh\n")
+        (plugin_dir / ec2.SSM_PLUGIN).chmod(0o755)
     (tmp_path / "ec2.ini").write_text("[gpu]\ninstance = gpu-box\n")
     shutil.copy(EC2, tmp_path / "ec2")  # run by a path relative to the directory it is run in
     done = subprocess.run([sys.executable, "ec2", "--config", "ec2.ini", "--ssh-config"], cwd=tmp_path,
                           capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{aws_dir}{os.pathsep}/usr/bin:/bin"})
+                          env={**os.environ, "PATH": f"{plugin_dir}:{aws_dir}:/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     line = next(line for line in done.stdout.splitlines() if "ProxyCommand" in line)
     words = shlex.split(line.split("ProxyCommand ", 1)[1])
-    assert words[4:] == [str(aws_dir), sys.executable, str(tmp_path / "ec2"), "--config",
+    where = f"{aws_dir}{os.pathsep}{plugin_dir}" if apart else str(aws_dir)  # aws's first, each once
+    assert words[4:] == [where, sys.executable, str(tmp_path / "ec2"), "--config",
                          str(tmp_path / "ec2.ini"), "--proxy", "gpu:%p"]
