@@ -26,12 +26,16 @@ TOKEN = "t0ken-9f3a"
 # What WSL's wslpath -w makes of a Linux path, for the distribution "Test".
 WINDOWS_PREFIX = "\\\\wsl.localhost\\Test"
 STANDIN = """#!{python}
-# Records its argv and directory, one JSON line a call; and answers as {name} would.
+# Records its argv and directory, one JSON line a call; and answers as {name} would,
+# or chatters on stdout and stderr, as cmd.exe does about a UNC directory.
 import json, os, sys, urllib.request
 with open({record!r}, "a") as f:
     f.write(json.dumps([{name!r}, os.getcwd(), *sys.argv[1:]]) + "\\n")
 if {name!r} == "wslpath":
     print({prefix!r} + sys.argv[-1].replace("/", "\\\\"))
+else:
+    print("chatter on stdout")
+    print("UNC paths are not supported.  Defaulting to Windows directory.", file=sys.stderr)
 """
 
 
@@ -121,6 +125,7 @@ def test_under_wsl_wslview_opens_the_page_by_its_linux_path(recorder, wsl):
     make, calls = wsl
     done, url = run_open(recorder, wsl_env(recorder, make("wslview", "cmd.exe", "wslpath")))
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout.count("\n") == 1  # its chatter is not ec2's to show
     [(name, _, page)] = calls()  # wslview alone: it translates the path itself
     assert name == "wslview" and leads_to(page, url)
 
@@ -130,6 +135,7 @@ def test_under_wsl_without_wslview_cmd_start_opens_the_windows_path(recorder, ws
     directory = make("cmd.exe", "explorer.exe", "wslpath")
     done, url = run_open(recorder, wsl_env(recorder, directory))
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout.count("\n") == 1
     (translate, _, *asked), (name, cwd, *words) = calls()
     assert translate == "wslpath" and asked[0] == "-w" and leads_to(asked[1], url)
     # start's first quoted word is a window title: the empty one keeps the page from being taken as it.
@@ -449,3 +455,19 @@ def test_a_host_block_names_ec2_and_the_directories_of_aws_by_absolute_paths(tmp
     where = f"{aws_dir}{os.pathsep}{plugin_dir}" if apart else str(aws_dir)  # aws's first, each once
     assert words[4:] == [where, sys.executable, str(tmp_path / "ec2"), "--config",
                          str(tmp_path / "ec2.ini"), "--proxy", "gpu:%p"]
+
+
+def test_under_wsl_a_cmd_exe_that_cannot_be_run_is_no_browser(recorder, wsl):
+    make, calls = wsl
+    directory = make("wslpath")
+    (directory / "cmd.exe").write_text("#!/nonexistent/interpreter\n")  # on PATH, but exec fails
+    (directory / "cmd.exe").chmod(0o755)
+    done, _ = run_open(recorder, wsl_env(recorder, directory))
+    assert done.returncode == 0 and "Traceback" not in done.stderr
+    assert done.stderr == "ec2: found no browser to open; open the URL above by hand\n"
+
+
+def test_the_profile_s_aws_profile_beats_aws_profile_in_the_environment(tmp_path):
+    environ = {"AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_PROFILE": "other"}
+    hint = ec2.login_hint(SAID["sso"], profile("work"), environ)
+    assert hint == "log in again: aws sso login --profile work"
