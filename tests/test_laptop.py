@@ -20,7 +20,7 @@ from test_lab_process import connecting, lab_answer
 from test_lab_unit import serve_later
 from test_process import jupyter_listing, with_terminal
 
-from conftest import EC2, aws_calls, ec2, free_port, install_aws_standin, wait_until
+from conftest import EC2, aws_calls, ec2, free_port, install_aws_standin, skip_or_fail, wait_until
 
 TOKEN = "t0ken-9f3a"
 # What WSL's wslpath -w makes of a Linux path, for the distribution "Test".
@@ -28,7 +28,7 @@ WINDOWS_PREFIX = "\\\\wsl.localhost\\Test"
 STANDIN = """#!{python}
 # Records its argv and directory, one JSON line a call; and answers as {name} would,
 # or chatters on stdout and stderr, as cmd.exe does about a UNC directory.
-import json, os, sys, urllib.request
+import json, os, sys
 with open({record!r}, "a") as f:
     f.write(json.dumps([{name!r}, os.getcwd(), *sys.argv[1:]]) + "\\n")
 if {name!r} == "wslpath":
@@ -110,10 +110,13 @@ def test_open_gives_the_browser_a_private_page_and_no_token(recorder, tmp_path):
 
 
 def test_open_with_no_browser_says_to_open_the_url_by_hand(recorder):
-    env = {k: v for k, v in recorder.env.items() if k not in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")}
-    done, url = run_open(recorder, {**env, "PATH": f"{recorder.bin}{os.pathsep}/usr/bin:/bin"})
     if sys.platform == "darwin":
         pytest.skip("macOS always has a browser")
+    found = [name for name in ("www-browser", "links", "elinks", "lynx", "w3m") if shutil.which(name)]
+    if found:  # a browser Python's webbrowser would run, without a display
+        skip_or_fail(f"this machine has a browser for a terminal, which webbrowser would run: {found[0]}")
+    env = {k: v for k, v in recorder.env.items() if k not in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")}
+    done, url = run_open(recorder, {**env, "PATH": f"{recorder.bin}{os.pathsep}/usr/bin:/bin"})
     assert done.returncode == 0 and done.stdout.startswith(url)
     assert done.stderr == "ec2: found no browser to open; open the URL above by hand\n"
 
