@@ -475,3 +475,18 @@ def test_the_cli_version_is_asked_once_for_each_cli_path_and_time(tmp_path):
     os.utime(aws, ns=(aws.stat().st_atime_ns, aws.stat().st_mtime_ns + 1))  # an upgrade
     assert run(env, "--dry-run", "--via", "eice", "-H", INSTANCE_ID).returncode == 0
     assert [call for call in calls() if call == ["--version"]] == [["--version"]] * 2
+
+
+def test_answers_are_kept_apart_for_each_aws_profile_region_and_endpoint_the_cli_would_use():
+    def path(region=None, aws_profile=None, **environ):
+        p = ec2.Profile("gpu", "/cfg")
+        p.region, p.aws_profile = region, aws_profile
+        return ec2.answers_path(p, {"XDG_CACHE_HOME": "/c", **environ})
+
+    paths = [path(), path(region="eu-west-1"), path(AWS_REGION="eu-west-1"),
+             path(AWS_DEFAULT_REGION="eu-west-2"), path(aws_profile="work"), path(AWS_PROFILE="team"),
+             path(AWS_ENDPOINT_URL="http://127.0.0.1:5000"), path(AWS_ENDPOINT_URL="http://127.0.0.1:5001")]
+    assert len(set(paths)) == len(paths) - 1  # a region from the profile or from the environment is one
+    assert path(region="eu-west-1") == path(AWS_REGION="eu-west-1") == path(AWS_DEFAULT_REGION="eu-west-1")
+    assert path(aws_profile="work") == path(AWS_PROFILE="work")
+    assert all(os.path.dirname(p) == "/c/ec2/answers" and "/" not in os.path.basename(p) for p in paths)
