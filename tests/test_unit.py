@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import EC2, FakeAws, ec2, free_port, held_port, write_config
+from conftest import EC2, ROOT, FakeAws, ec2, free_port, held_port, write_config
 
 
 def test_plain_ssh(ec2_run):
@@ -687,3 +687,12 @@ def current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_editors_and_github_read_ec2_as_python_though_it_starts_as_sh():
+    lines = EC2.read_text().splitlines()
+    assert lines[0] == "#!/bin/sh"  # sh finds the Python to run it
+    assert lines[1] == "# -*- mode: python -*-"  # Emacs reads the second line after a #!
+    assert "# vim: set filetype=python:" in lines[:5]  # vim reads a modeline in the first five
+    attributes = (ROOT / ".gitattributes").read_text().splitlines()
+    assert "ec2 linguist-language=Python" in attributes  # GitHub's linguist
