@@ -7,7 +7,7 @@ It starts the test suite's guarded instance (tests/conftest.py's
 GuardedHost: sshd in namespaces of its own), with what a working instance
 has: a real Jupyter server with a kernel, a tmux session with three windows
 and an attached client, a pty of its own per window. It installs the guard
-(ec2.GUARD_SCRIPT) there and, on the instance, runs `ec2-idle-stop check`
+(ec2 itself) there and, on the instance, runs `ec2-idle-stop check`
 N times, one after another, measuring for each the CPU time (user + system,
 of the check and all it ran, from getrusage) and the wall time. It prints
 medians and the worst run. The goal: under 50 ms of CPU a check. Then it
@@ -52,7 +52,7 @@ def main():
         start_jupyter(host)
         host.ssh(shlex.join([sys.executable, "-c", RUN_CELL, "x = 1"]))
         host.ssh("tmux new-session -d -s work && tmux new-window -t work && tmux new-window -t work")
-        host.put(ec2.GUARD_BIN, ec2.GUARD_SCRIPT, mode="755")
+        host.put(ec2.GUARD_BIN, ec2.guard_source(), mode="755")
         host.ssh("mkdir -p /var/lib/ec2-idle-stop/keep && echo window=60 > /etc/ec2-idle-stop.conf"
                  " && echo 0 > /var/lib/ec2-idle-stop/started")
         processes = host.ssh("ls -d /proc/[0-9]* | wc -l").stdout.strip()

@@ -733,6 +733,11 @@ mount --bind /dev/pts/ptmx /dev/ptmx
 """
 
 
+# This machine's disks are not the instance's: their counters, held still for
+# the guard (a test that measures a disk job lets them go: umount /proc/diskstats).
+STILL_DISKS = "cp /proc/diskstats /run/diskstats; mount --bind /run/diskstats /proc/diskstats\n"
+
+
 def private_machine(base, upper):
     """PRIVATE_MACHINE's BASE HOME UPPER KEEP: KEEP what lies under /tmp and must stay."""
     keep = [p for p in dict.fromkeys([str(base), sys.prefix, os.path.realpath(sys.prefix), sys.base_prefix,
@@ -748,7 +753,8 @@ class GuardedHost(Host):
     (only the instance's terminals), a /tmp and /run of its own, and overlays
     on /etc, /var, /usr/local, /home and the home directory, so that what
     arming writes there (systemd units, crontabs, sudoers, users) never
-    reaches this machine. shutdown, systemctl and nvidia-smi are stand-ins.
+    reaches this machine. shutdown, systemctl and nvidia-smi are stand-ins, and
+    /proc/diskstats is held still (STILL_DISKS).
     """
 
     KIND, NET = "g", 232
@@ -765,7 +771,7 @@ class GuardedHost(Host):
             "AuthorizedKeysFile ", "AuthorizedKeysFile /etc/ec2-test-keys ").splitlines(True)
             if "TMUX_TMPDIR" not in line))
         return self.spawn("unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc",
-                          "sh", "-c", PRIVATE_MACHINE + 'exec "$1" -D -e -f "$2"\n', "sh",
+                          "sh", "-c", PRIVATE_MACHINE + STILL_DISKS + 'exec "$1" -D -e -f "$2"\n', "sh",
                           *private_machine(self.base, self.home), sshd, str(self.base / "sshd_config"),
                           stdout=log, stderr=log)
 

@@ -45,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # In-process files first: most mutants die in them within seconds.
 FAST = ["tests/test_unit.py", "tests/test_claims.py", "tests/test_laptop.py", "tests/test_idle_unit.py",
+        "tests/test_guard_unit.py",
         "tests/test_lab_unit.py", "tests/test_jupyter_unit.py", "tests/test_way_in_unit.py",
         "tests/test_process.py", "tests/test_proxy_process.py", "tests/test_lab_process.py",
         "tests/test_property.py", "tests/test_completion.py", "tests/test_lab_script.py",

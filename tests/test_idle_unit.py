@@ -5,11 +5,13 @@ ec2.aws and ec2.run_remote are replaced here; test_idle_arm.py runs the same
 through the real AWS CLI against moto and the real ssh.
 """
 
+import os
+import re
 import subprocess
 
 import pytest
 
-from conftest import FakeAws, ec2, write_config
+from conftest import EC2, FakeAws, ec2, write_config
 
 
 @pytest.mark.parametrize("text, minutes", [("90m", 90), ("1h30m", 90), ("2h", 120), ("1d", 1440),
@@ -147,7 +149,8 @@ def test_arming_sends_the_guard_on_stdin_with_the_window_then_tags_the_instance(
     fake = FakeAws(monkeypatch, behaviour("stop"), {})
     remote.answers.append((0, "ec2-idle armed 60 cron\n"))
     ec2.arm_guard(target(), 60)
-    assert remote.calls == [(ec2.GUARD_SEND, ("install", 60), ec2.GUARD_SCRIPT)]
+    # The guard is ec2 itself: this very file, sent whole.
+    assert remote.calls == [(ec2.GUARD_SEND, ("install", 60), EC2.read_text())]
     assert fake.calls[1] == ("ec2", "create-tags", "--resources", "i-0123456789abcdef0", "--tags",
                              f"Key={ec2.IDLE_STOP_TAG},Value=1h")
     assert capsys.readouterr().err == ("ec2: idle stop armed on i-0123456789abcdef0 (gpu-box): stops after 1h"
@@ -171,7 +174,7 @@ def test_off_removes_the_guard_and_the_tag_and_asks_aws_nothing_first(monkeypatc
     fake = FakeAws(monkeypatch, {})
     remote.answers.append((0, "ec2-idle removed\n"))
     ec2.arm_guard(target(), "off")
-    assert remote.calls == [(ec2.GUARD_SEND, ("remove",), ec2.GUARD_SCRIPT)]
+    assert remote.calls == [(ec2.GUARD_SEND, ("remove",), EC2.read_text())]
     assert fake.calls == [("ec2", "delete-tags", "--resources", "i-0123456789abcdef0", "--tags",
                            f"Key={ec2.IDLE_STOP_TAG}")]
     assert capsys.readouterr().err == "ec2: idle stop removed from i-0123456789abcdef0 (gpu-box)\n"
@@ -182,6 +185,9 @@ def test_off_removes_the_guard_and_the_tag_and_asks_aws_nothing_first(monkeypatc
      " ubuntu@gpu.example has no passwordless sudo (sudo -n); nothing was installed"),
     ((0, "ec2-idle no-boot\n"), "idle stop needs systemd or cron on i-0123456789abcdef0 (gpu-box) to start"
      " from boot, and it has neither; nothing was installed"),
+    ((0, "ec2-idle no-python\n"), "idle stop needs Python 3.8 or later on i-0123456789abcdef0 (gpu-box)"
+     " (python3, as root), which the guard runs on; install it (apt-get install python3, or dnf install"
+     " python3); nothing was installed"),
     ((255, ""), "ssh to ubuntu@gpu.example failed (exit status 255), so idle stop was not armed"),
     ((0, "something else\n"), "ssh to ubuntu@gpu.example failed (exit status 0), so idle stop was not armed"),
 ])
@@ -249,9 +255,36 @@ def test_keep_where_no_guard_is_armed_is_an_error(monkeypatch, remote):
 def test_the_scripts_for_the_instance_read_alike_in_every_login_shell():
     for script in (ec2.GUARD_SEND, ec2.GUARD_ASK):
         assert "'" not in script and "!" not in script and "\n" not in script
-    # The guard itself is a file: sh reads it, and it parses.
-    assert subprocess.run(["sh", "-n"], input=ec2.GUARD_SCRIPT, text=True).returncode == 0
+    assert subprocess.run(["sh", "-n", "-c", ec2.GUARD_SEND]).returncode == 0
     assert "{" not in ec2.GUARD_SEND  # a constant: nothing is formatted into it
+
+
+def sent(tmp_path, python3):
+    """What GUARD_SEND does as root with PYTHON3 (a sh script) for python3: its stdout, and the
+    argv and stdin python3 was given, each run."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir(exist_ok=True)
+    (bin_ / "id").write_text("#!/bin/sh\necho 0\n")  # root, here
+    (bin_ / "python3").write_text("#!/bin/sh\n" + python3)
+    for name in ("id", "python3"):
+        (bin_ / name).chmod(0o755)
+    done = subprocess.run(["sh", "-c", ec2.GUARD_SEND, "sh", "install", "60"], input="THE GUARD\n", text=True,
+                          capture_output=True, env={"PATH": f"{bin_}:/usr/bin:/bin",
+                                                    "RECORD": str(tmp_path / "ran")})
+    return done.stdout, (tmp_path / "ran").read_text() if (tmp_path / "ran").exists() else ""
+
+
+def test_arming_runs_the_guard_with_python3_of_3_8_or_later_from_a_file_named_as_the_guard(tmp_path):
+    out, ran = sent(tmp_path, 'echo "$@" >> "$RECORD"; [ "$1" = -c ] && exit 0; cat "$1" >> "$RECORD"\n')
+    check, run, text = ran.splitlines()
+    assert check == "-c import sys; sys.exit(sys.version_info < (3, 8))"
+    assert re.fullmatch(r"/tmp/ec2-idle-stop\.\w{6} install 60", run) and text == "THE GUARD"
+    assert not os.path.exists(run.split()[0])  # gone after
+
+
+def test_arming_where_python3_is_older_than_3_8_or_missing_says_no_python_and_runs_nothing(tmp_path):
+    out, ran = sent(tmp_path, 'echo "$@" >> "$RECORD"; exit 1\n')
+    assert out == "ec2-idle no-python\n" and len(ran.splitlines()) == 1
 
 
 def test_a_connection_arms_first_and_dry_run_only_says_it_would(ec2_run, monkeypatch):
