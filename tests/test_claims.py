@@ -274,7 +274,7 @@ def test_every_claim_of_the_readme_names_fast_tests_that_exist():
     rows = claims_table()
     assert len(rows) >= 70
     readme = (ROOT / "README.md").read_text()
-    command = readme.split("guard); it needs no root but for `test_guard.py`, which skips without it:\n", 1)[1]
+    command = readme.split("it needs no root but for `test_guard.py`, which skips without it:\n", 1)[1]
     fast = set(re.findall(r"tests/(test_\w+\.py)", command.split("\n\n")[0]))
     assert len(fast) == 16
     for claim, tests in rows:
