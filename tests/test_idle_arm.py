@@ -248,8 +248,8 @@ def test_armed_with_cron_from_boot_then_asked_kept_and_removed_with_all_it_made(
     assert done.stderr == f"ec2: idle stop armed on {named}: stops after 1h unused (checks every minute)\n"
     found = installed(host)
     assert found["bin"] == EC2.read_text() and found["conf"] == "window=60\n"  # the guard is ec2 itself
-    assert re.search(rf"^@reboot /\S+/python3(\.\d+)? {ec2.GUARD_BIN} run # ec2-idle-stop$", found["crontab"],
-                     re.M)
+    assert re.search(rf"^@reboot EC2_PYTHON=/\S+/python3(\.\d+)? {ec2.GUARD_BIN} run # ec2-idle-stop$",
+                     found["crontab"], re.M)
     assert host.ssh(f"stat -c %a {ec2.GUARD_BIN}").stdout.strip() == "755"
     assert wait_until(lambda: loop_pid(host), what="the guard's loop")  # started now, not only at boot
     assert tags(moto, instance_id)[ec2.IDLE_STOP_TAG] == "1h"
@@ -289,7 +289,8 @@ def test_armed_with_systemd_where_it_runs_and_the_unit_passes_systemd_analyze(ar
     done = armed_world("--idle-stop", "45m")
     assert done.returncode == 0, done.stderr
     unit = installed(host)["unit"]
-    assert re.search(rf"\nExecStart=/\S+/python3(\.\d+)? {ec2.GUARD_BIN} run\n", unit)
+    assert re.search(r"\nEnvironment=EC2_PYTHON=/\S+/python3(\.\d+)?\n", unit)
+    assert f"\nExecStart={ec2.GUARD_BIN} run\n" in unit
     assert "WantedBy=multi-user.target" in unit
     assert host.calls("systemctl")[-3:] == [["daemon-reload"], ["enable", "ec2-idle-stop.service"],
                                             ["restart", "ec2-idle-stop.service"]]
