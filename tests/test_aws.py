@@ -277,8 +277,10 @@ LOGINS = [  # aws_profile =, whether the token is cached, the CLI's words, the l
 ]
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("aws_profile, cached, words, hint", LOGINS,
+# Each login once, the modes taken in turn, so that every login and every mode is tried (not all
+# 24 pairs: each pair is two CLI runs, and the words do not depend on the mode).
+@pytest.mark.parametrize("mode, aws_profile, cached, words, hint",
+                         [(list(MODES)[i % len(MODES)], *login) for i, login in enumerate(LOGINS)],
                          ids=[f"{p}-{c}" for p, c, _, _ in LOGINS])
 def test_a_missing_or_expired_login_keeps_the_clis_words_and_adds_what_to_run(
         run_ec2, tmp_path, mode, aws_profile, cached, words, hint):

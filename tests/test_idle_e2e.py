@@ -228,9 +228,10 @@ def test_a_kernel_busy_with_a_silent_cell_keeps_it_and_its_token_is_on_no_argv(g
         assert argvs.count(GUARD) > 3 and token not in argvs
         kept = host.read("/var/log/ec2-idle-stop.log") + host.read(f"{LIB}/state")
         assert token not in kept + guard.status()
-        # When the cell ends, the kernel's last activity counts for a window, then it stops.
-        assert wait_until(lambda: guard.check()[0] == "stopping", 30, what="the stop once the cell ended")
-        assert "kernel python3 active" in guard.log()[-2]
+        if where == "localhost":  # the same for both: once is enough
+            # When the cell ends, the kernel's last activity counts for a window, then it stops.
+            assert wait_until(lambda: guard.check()[0] == "stopping", 30, what="the stop once the cell ended")
+            assert "kernel python3 active" in guard.log()[-2]
     finally:
         stop_jupyter(host)
 
