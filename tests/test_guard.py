@@ -118,6 +118,23 @@ def test_nothing_in_use_for_the_window_gives_5_minutes_notice_then_powers_off(ma
     assert log[1] == "unused for 3 min: powering off"
 
 
+def test_a_power_off_that_fails_is_said_and_tried_again_each_minute_by_the_loop(machine):
+    out = machine(3, "for p in shutdown systemctl; do echo 'exit 1' >> /usr/local/sbin/$p; done;"
+                     " $g run & r=$!; sleep 9; kill $r;"
+                     " tr '\\036' '\\n' < /var/tmp/shutdown-calls | grep -c now;"
+                     " grep -c 'the power-off failed' /var/log/ec2-idle-stop.log")
+    tried, said = (int(n) for n in out.split())
+    # The notice (5 s here), then about once a second (the minute, here) for the rest: never in a spin.
+    assert 2 <= tried <= 6 and said == tried
+
+
+def test_a_check_that_fails_is_said_and_the_loop_goes_on(machine):
+    out = machine(3, f"mkdir {LIB}/state.new; $g run & r=$!; sleep 3; kill -0 $r && echo running; kill $r;"
+                     " grep -c 'the check failed: IsADirectoryError' /var/log/ec2-idle-stop.log")
+    running, failed = out.split()
+    assert running == "running" and 2 <= int(failed) <= 4  # once a second (the minute, here)
+
+
 def test_a_gpu_at_10_percent_is_in_use_and_at_9_is_not(machine):
     out = machine(3, "echo '0, 9' > /var/tmp/gpu; $g check; state;"
                      " echo '0, 2\n1, 10' > /var/tmp/gpu; rm /var/lib/ec2-idle-stop/state; $g check; state")
