@@ -286,7 +286,7 @@ def main():
     for _ in range(args.jobs):
         scratch = Path(tempfile.mkdtemp(prefix="ec2-mutant-"))
         shutil.copytree(ROOT / "tests", scratch / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-        for name in ("README.md", "pyproject.toml"):
+        for name in ("README.md", "pyproject.toml", ".gitattributes"):
             shutil.copy(ROOT / name, scratch / name)
         scratches.append(scratch)
     running, survivors, done, threads = set(), [], [], []
