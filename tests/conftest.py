@@ -31,6 +31,15 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 sys.dont_write_bytecode = True
 
 
+def pytest_configure(config):
+    """A run ended by SIGTERM (a time-out's signal) ends as one ended by Ctrl-C: pytest
+    tears the fixtures down, so every sshd, machine and namespace they made goes too."""
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+
+
 def load_ec2():
     """Import the extensionless script as the module `ec2`."""
     loader = importlib.machinery.SourceFileLoader("ec2", str(EC2))
