@@ -206,8 +206,9 @@ def write_config(clean_env, text):
 RECORDING_SSH = """#!/bin/sh
 # Records its argv, NUL-separated, in RECORD.1, RECORD.2, ... (one file a
 # call), then behaves as told by the environment. ssh -G (what ssh would do)
-# is the real ssh's, unrecorded.
-for word; do [ "$word" = -G ] && exec /usr/bin/ssh "$@"; done
+# is the real ssh's, unrecorded, with $EC2_TEST_SSH_G's options first (where a
+# test sends ec2's own connection, after a start: to loopback).
+for word; do [ "$word" = -G ] && exec /usr/bin/ssh $EC2_TEST_SSH_G "$@"; done
 n=1
 while [ -e "$EC2_TEST_RECORD.$n" ]; do n=$((n + 1)); done
 printf '%s\\0' "$0" "$@" > "$EC2_TEST_RECORD.$n"
@@ -282,6 +283,19 @@ class FakeAws:
             raise answer
         return answer
 
+
+
+def running_once_started(aws, monkeypatch, found):
+    """AWS (a fake whose answers are keyed by command) as ec2.aws, where describe-instances
+    answers FOUND once start-instances has been called."""
+    real = aws.__call__
+
+    def answer(profile, *args):
+        if args[1] == "start-instances":
+            aws.answers["describe_instances"] = found
+        return real(profile, *args)
+
+    monkeypatch.setattr(ec2, "aws", answer)
 
 
 MOTO = ROOT / "tests" / "moto_ec2.py"

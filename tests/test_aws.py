@@ -7,6 +7,7 @@ The ssh step is the recording ssh on PATH.
 import http.server
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Moto, aws_calls, install_aws_standin, stop_pid, wait_until
+from conftest import Moto, aws_calls, held_port, install_aws_standin, stop_pid, wait_until
 
 
 @pytest.fixture
@@ -76,9 +77,29 @@ def test_stopped_instance_is_refused_with_the_command_that_starts_it(run_ec2, mo
     name = unique("gpu-box")
     instance_id = moto.launch(name)
     moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
-    done = run_ec2("-H", "gpu", "work", profile=f"[gpu]\ninstance = {name}\n")
+    done = run_ec2("-H", "gpu", "work", profile=f"[gpu]\ninstance = {name}\nauto_start = no\n")
     assert done.returncode == 1 and run_ec2.recorder.argv() is None
     assert done.stderr == f"ec2: instance {instance_id} ({name}) is stopped; `ec2 -H gpu --start` starts it\n"
+    done = run_ec2("-H", "gpu", profile=f"[gpu]\ninstance = {name}\n")  # ask, and nobody to ask
+    assert done.returncode == 1 and run_ec2.recorder.argv() is None
+    assert done.stderr == (f"ec2: instance {instance_id} ({name}) is stopped, and there is nobody to ask"
+                           " whether to start it (no terminal); `ec2 -H gpu --start` starts it, and"
+                           f" auto_start = yes in [gpu] of {run_ec2.recorder.env['EC2_CONFIG']} starts it"
+                           " at every connection\n")
+    assert moto.describe(instance_id)["State"]["Name"] == "stopped"
+
+
+def test_a_connection_with_auto_start_yes_starts_it_once_and_connects(run_ec2, moto, counted, sshd_answers):
+    name = unique("gpu-box")
+    instance_id = moto.launch(name)
+    moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
+    done = run_ec2("-H", "gpu", profile=f"[gpu]\ninstance = {name}\nuser = ubuntu\nauto_start = yes\n")
+    assert done.returncode == 0, done.stderr
+    assert [call for call in counted() if call[1] == "start-instances"] == [["ec2", "start-instances"]]
+    assert moto.describe(instance_id)["State"]["Name"] == "running"
+    assert run_ec2.recorder.argv() == ["ssh", "-o", "ConnectionAttempts=90", "-o",
+                                       f"HostKeyAlias={instance_id}",
+                                       f"ubuntu@{moto.describe(instance_id)['PublicDnsName']}"]
 
 
 @pytest.mark.parametrize("state, message", [
@@ -91,7 +112,7 @@ def test_every_other_state_is_said(run_ec2, moto, state, message):
     name = unique("box")
     instance_id = moto.launch(name)
     moto.set_state(instance_id, state)
-    done = run_ec2(profile=f"[default]\ninstance = {name}\n")
+    done = run_ec2(profile=f"[default]\ninstance = {name}\nauto_start = no\n")
     assert done.returncode == 1 and run_ec2.recorder.argv() is None
     assert done.stderr == f"ec2: instance {instance_id} ({name}) {message}\n"
 
@@ -145,21 +166,32 @@ def test_stop_stops_and_says_what(run_ec2, moto):
     assert run_ec2.recorder.argv() is None
 
 
-def test_start_starts_waits_and_connects_to_the_new_address(run_ec2, moto):
+@pytest.fixture
+def sshd_answers(run_ec2):
+    """ec2's wait for sshd after a start goes to a port that answers on loopback (ssh -G says so),
+    never to the address moto made up."""
+    with held_port() as port:
+        run_ec2.recorder.env["EC2_TEST_SSH_G"] = f"-o HostName=127.0.0.1 -o Port={port}"
+        yield
+
+
+def test_start_starts_waits_and_connects_to_the_new_address(run_ec2, moto, sshd_answers):
     name = unique("gpu-box")
     instance_id = moto.launch(name)
     old_address = moto.describe(instance_id)["PublicIpAddress"]
     moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
     done = run_ec2("--start", profile=f"[default]\ninstance = {name}\nuser = ubuntu\naddress = public-ip\n")
     assert done.returncode == 0, done.stderr
-    assert done.stderr == f"ec2: starting {instance_id} ({name})\nec2: {instance_id} ({name}): pending, 0 s\n"
+    assert re.fullmatch(f"ec2: starting {re.escape(instance_id)} \\({name}\\)\n"
+                        f"ec2: {re.escape(instance_id)} \\({name}\\): pending, \\d s\n"
+                        f"ec2: {re.escape(instance_id)} \\({name}\\): ssh answers, \\d s\n", done.stderr)
     new_address = moto.describe(instance_id)["PublicIpAddress"]
     assert moto.describe(instance_id)["State"]["Name"] == "running" and new_address != old_address
     assert run_ec2.recorder.argv() == ["ssh", "-o", "ConnectionAttempts=90", "-o",
                                        f"HostKeyAlias={instance_id}", f"ubuntu@{new_address}"]
 
 
-def test_start_waits_for_a_pending_instance_and_shows_progress(run_ec2, moto, tmp_path):
+def test_start_waits_for_a_pending_instance_and_shows_progress(run_ec2, moto, tmp_path, sshd_answers):
     name = unique("slow-box")
     instance_id = moto.launch(name)
     moto.set_state(instance_id, "pending")
@@ -176,7 +208,8 @@ def test_start_waits_for_a_pending_instance_and_shows_progress(run_ec2, moto, tm
         assert proc.wait(timeout=30) == 0
     finally:
         stop_pid(proc.pid)
-    assert (tmp_path / "stderr").read_text() == f"ec2: {instance_id} ({name}): pending, 0 s\n"
+    assert (tmp_path / "stderr").read_text().startswith(f"ec2: {instance_id} ({name}): pending, 0 s\n"
+                                                        f"ec2: {instance_id} ({name}): ssh answers, ")
     assert recorder.argv()[1:3] == ["-o", "ConnectionAttempts=90"]
 
 
@@ -356,14 +389,27 @@ def test_host_and_instance_in_one_profile_is_an_error(run_ec2, tmp_path):
     assert done.returncode == 1 and "gives both 'host =' and 'instance ='" in done.stderr
 
 
-def test_start_on_a_stopping_instance_says_to_wait_naming_the_whole_command(run_ec2, moto):
+def test_start_on_a_stopping_instance_waits_until_it_has_stopped_then_starts_it(run_ec2, moto, tmp_path,
+                                                                                sshd_answers):
     name = unique("winding-down")
     instance_id = moto.launch(name)
     moto.set_state(instance_id, "stopping")
-    done = run_ec2("-H", "gpu", "--start", "work", profile=f"[gpu]\ninstance = {name}\n")
-    assert done.returncode == 1 and run_ec2.recorder.argv() is None
-    assert done.stderr == (f"ec2: instance {instance_id} ({name}) is stopping; once it has stopped,"
-                           " `ec2 -H gpu --start` starts it again\n")
+    (tmp_path / "ec2.ini").write_text(f"[gpu]\ninstance = {name}\n")
+    err = open(tmp_path / "stderr", "w+")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "ec2"), "-H", "gpu",
+                             "--start"], env=run_ec2.recorder.env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+        wait_until(lambda: "stopping" in (tmp_path / "stderr").read_text(), what="the progress line")
+        assert proc.poll() is None and moto.describe(instance_id)["State"]["Name"] == "stopping"
+        moto.set_state(instance_id, "stopped")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop_pid(proc.pid)
+    said = (tmp_path / "stderr").read_text().splitlines()
+    assert said[:2] == [f"ec2: {instance_id} ({name}): stopping, 0 s",
+                        f"ec2: starting {instance_id} ({name})"]
+    assert moto.describe(instance_id)["State"]["Name"] == "running"
 
 
 README_POLICY = {"Version": "2012-10-17", "Statement": [{
@@ -649,7 +695,7 @@ def test_a_connection_by_name_within_the_time_asks_aws_nothing(run_ec2, moto, co
     assert counted() == [["ec2", "describe-instances"]]
 
 
-def test_after_stop_and_after_start_the_next_connection_asks_again(run_ec2, moto, counted):
+def test_after_stop_and_after_start_the_next_connection_asks_again(run_ec2, moto, counted, sshd_answers):
     name = unique("gpu-box")
     moto.launch(name)
     profile = f"[gpu]\ninstance = {name}\nuser = ubuntu\n"

@@ -17,7 +17,7 @@ import pytest
 from test_jupyter_unit import INFO, listing
 from test_way_in_unit import INSTANCE_ID, Aws, instance
 
-from conftest import ROOT, TTY, ec2, write_config
+from conftest import ROOT, TTY, ec2, running_once_started, write_config
 
 
 @pytest.fixture
@@ -177,7 +177,10 @@ def test_start_starts_a_stopped_instance_and_ssh_retries_while_sshd_boots(ec2_ru
               start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]})
     monkeypatch.setattr(time, "sleep", lambda seconds: aws.answers.update(
         describe_instances=described(instance("ec2-1.example"))))  # running after the first wait
+    waits = []
+    monkeypatch.setattr(ec2, "wait_for_sshd", lambda *args: waits.append(args[1:3]))
     status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--start", "work")
+    assert waits == [("ec2-1.example", 22)]  # then ssh's retries are a backstop
     assert [call[:2] for call in aws.calls] == [("ec2", "describe-instances"), ("ec2", "start-instances"),
                                                 ("ec2", "describe-instances")]
     assert aws.calls[1] == ("ec2", "start-instances", "--instance-ids", INSTANCE_ID)
@@ -321,24 +324,19 @@ def test_the_plan_opens_labs_url_only_where_a_browser_may(ec2_run, ports_free, m
 def test_the_start_command_suggested_keeps_what_followed_double_dash(ec2_run, monkeypatch):
     stopped = {**instance("ec2-1.example"), "State": {"Name": "stopped"}}
     Aws(monkeypatch, describe_instances=described(stopped))
-    status, argv, _, err = ec2_run("-H", INSTANCE_ID, "work", "--", "-A", "-o", "User=x y")
+    status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--", "-A", "-o", "User=x y", tty=False)
     assert (status, argv) == (1, None)
-    assert err == (f"ec2: instance {INSTANCE_ID} is stopped;"
-                   f" `ec2 -H {INSTANCE_ID} --start -- -A -o 'User=x y'` starts it\n")
+    assert err == (f"ec2: instance {INSTANCE_ID} is stopped, and there is nobody to ask whether to start it"
+                   f" (no terminal); `ec2 -H {INSTANCE_ID} --start -- -A -o 'User=x y'` starts it, and a"
+                   " profile with instance = and auto_start = yes starts it at every connection\n")
 
 
 def test_start_looks_again_at_an_instance_that_says_it_runs_at_once(ec2_run, monkeypatch):
     stopped = {**instance(None, private=None), "State": {"Name": "stopped"}}
     aws = Aws(monkeypatch, describe_instances=described(stopped),
               start_instances={"StartingInstances": [{"CurrentState": {"Name": "running"}}]})
-    real = aws.__call__
-
-    def started(profile, *args):
-        if args[1] == "start-instances":
-            aws.answers["describe_instances"] = described(instance("ec2-new.example"))
-        return real(profile, *args)
-
-    monkeypatch.setattr(ec2, "aws", started)
+    running_once_started(aws, monkeypatch, described(instance("ec2-new.example")))
+    monkeypatch.setattr(ec2, "wait_for_sshd", lambda *args: None)
     status, argv, _, err = ec2_run("-H", INSTANCE_ID, "--start")
     assert argv[-1] == "ec2-new.example", err
 

@@ -126,7 +126,7 @@ def test_a_persistent_spot_instance_that_a_shutdown_stops_may_be_armed(monkeypat
 def target(profile=None, instance=None):
     profile = profile or ec2.Profile("gpu", "/cfg")
     return ec2.Target(profile, instance or box(), ec2.Route("direct", "gpu.example", None, None), [], [],
-                      "ubuntu@gpu.example", None, False, None, None)
+                      "ubuntu@gpu.example", None, False, None, None, None)
 
 
 @pytest.fixture

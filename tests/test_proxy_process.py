@@ -267,9 +267,10 @@ def test_a_stopped_instance_is_refused_with_the_command_that_starts_it(proxy, tm
     proc = proxy(INSTANCE_ID, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
     assert proc.wait(10) == 1 and proc.stdout.read() == b""
-    assert proc.stderr.read().decode() == (f"ec2: instance {INSTANCE_ID} is stopped;"
-                                           f" `ec2 -H {INSTANCE_ID} --config {tmp_path / 'ec2.ini'} --start`"
-                                           " starts it\n")
+    assert proc.stderr.read().decode() == (
+        f"ec2: instance {INSTANCE_ID} is stopped, and there is nobody to ask whether to start it (no"
+        f" terminal); `ec2 -H {INSTANCE_ID} --config {tmp_path / 'ec2.ini'} --start` starts it, and a profile"
+        " with instance = and auto_start = yes starts it at every connection\n")
 
 
 def test_direct_to_an_instance_connects_to_its_address_and_sends_the_key_first(tmp_path):

@@ -1,17 +1,24 @@
-"""The way in to an instance (direct, SSM, EICE), push_key and --ssh-config, in-process.
+"""The way in to an instance (direct, SSM, EICE), push_key, --ssh-config and the way back in
+(a stopped instance started when you connect), in-process.
 
 The AWS CLI is replaced by a fake that answers by command and records each
 call, so these tests show which calls each decision costs.
 """
 
+import functools
+import io
 import json
 import os
 import shlex
+import socket
 import stat
+import sys
+import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import ec2, held_port, write_config
+from conftest import ec2, held_port, running_once_started, write_config
 
 INSTANCE_ID = "i-0123456789abcdef0"
 PLUGIN_PAGE = ec2.SSM_PLUGIN_PAGE
@@ -572,3 +579,304 @@ def test_lab_sends_the_same_key_again_once_40_seconds_have_gone(via, monkeypatch
     assert len(sent) == sends and sent[-1] == sent[0]
     assert sent[0][:5] == ("ec2-instance-connect", "send-ssh-public-key", "--instance-id", INSTANCE_ID,
                            "--instance-os-user")
+
+
+# --- back in one step: a stopped instance starts when you connect (auto_start) --------------
+# Breaks: the ask default, the cool-down's comparison or its window, --proxy as a person,
+# the question's default, the state waits, the poll of port 22 and the overall limit.
+
+
+class Keyboard(io.StringIO):
+    """stdin at a terminal, where a person types ANSWERS."""
+
+    def isatty(self):
+        return True
+
+
+def stopped(code=None, reason="", state="stopped"):
+    found = {**instance("ec2-1.example"), "State": {"Name": state}}
+    if code:
+        found.update(StateReason={"Code": code, "Message": f"{code}: ..."}, StateTransitionReason=reason)
+    return found
+
+
+NOW = datetime(2026, 12, 4, 9, 0, 0, tzinfo=timezone.utc)
+
+
+def gmt(minutes_ago):
+    return f"User initiated ({(NOW - timedelta(minutes=minutes_ago)).strftime('%Y-%m-%d %H:%M:%S')} GMT)"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[gpu]\ninstance = i-0123456789abcdef0\nauto_start = maybe\n", "[gpu] auto_start: 'maybe' is not one of"
+                                                                   " ask, yes, no"),
+    ("[gpu]\nhost = box\nauto_start = yes\n", "[gpu] auto_start: goes with 'instance =' only")])
+def test_auto_start_is_ask_yes_or_no_and_only_for_an_instance(ec2_run, clean_env, text, message):
+    path = write_config(clean_env, text)
+    status, _, _, err = ec2_run("-H", "gpu")
+    assert (status, err) == (1, f"ec2: {path}: {message}\n")
+
+
+def test_auto_start_is_ask_unless_the_profile_says_otherwise():
+    assert ec2.Profile("gpu", "/cfg").auto_start == "ask"
+    assert ec2.AUTO_START == ("ask", "yes", "no")
+
+
+@pytest.mark.parametrize("typed, starts", [("\n", True), ("y\n", True), ("Yes\n", True), ("n\n", False),
+                                           ("no\n", False), ("", False), ("later\ny\n", True)])
+def test_ask_at_a_terminal_is_one_question_that_defaults_to_yes(monkeypatch, capsys, typed, starts):
+    monkeypatch.setattr(sys, "stdin", Keyboard(typed))
+    decide = functools.partial(ec2.auto_start, profile(), stopped(), "ec2 -H gpu --start", True, NOW)
+    if starts:
+        assert decide() is True
+    else:
+        with pytest.raises(ec2.Failure, match=f"^instance {INSTANCE_ID} was not started; `ec2 -H gpu --start`"
+                                              " starts it$"):
+            decide()
+    asked = f"ec2: instance {INSTANCE_ID} is stopped; start it? [Y/n] "
+    assert capsys.readouterr().err.startswith(asked * (2 if typed.startswith("later") else 1))
+
+
+def test_ask_without_a_terminal_refuses_naming_the_key_that_would_start_it():
+    with pytest.raises(ec2.Failure) as refused:
+        ec2.auto_start(profile(), stopped(), "ec2 -H gpu --start", False, NOW)
+    assert str(refused.value) == (f"instance {INSTANCE_ID} is stopped, and there is nobody to ask whether to"
+                                  " start it (no terminal); `ec2 -H gpu --start` starts it, and auto_start ="
+                                  " yes in [gpu] of /cfg starts it at every connection")
+
+
+@pytest.mark.parametrize("person", [True, False])
+def test_yes_starts_without_asking_and_no_refuses_as_before(monkeypatch, person):
+    monkeypatch.setattr(sys, "stdin", Keyboard(""))  # a question would read the end of input: a no
+    assert ec2.auto_start(profile(auto_start="yes"), stopped(), "ec2 --start", person, NOW) is True
+    assert ec2.auto_start(profile(auto_start="no"), stopped(), "ec2 --start", person, NOW) is False
+
+
+@pytest.mark.parametrize("state, choice, starts", [
+    ("pending", "ask", True), ("pending", "no", False), ("terminated", "yes", False),
+    ("shutting-down", "yes", False), ("running", "yes", False)])
+def test_a_pending_instance_is_waited_for_and_a_gone_one_is_not_started(state, choice, starts):
+    assert ec2.auto_start(profile(auto_start=choice), stopped(state=state), "s", False, NOW) is starts
+
+
+def test_a_stopping_instance_is_asked_about_as_such(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", Keyboard("\n"))
+    assert ec2.auto_start(profile(), stopped(state="stopping"), "s", True, NOW) is True
+    assert capsys.readouterr().err == (f"ec2: instance {INSTANCE_ID} is stopping; start it once it has"
+                                       " stopped? [Y/n] ")
+
+
+@pytest.mark.parametrize("code, reason, itself, ago", [
+    (ec2.SELF_STOP, gmt(10), True, 600), (ec2.SELF_STOP, "User initiated", True, None),
+    (ec2.SELF_STOP, "User initiated (soon)", True, None),
+    ("Client.UserInitiatedShutdown", gmt(10), False, None),
+    (None, "", False, None), (ec2.SELF_STOP, gmt(-5), True, 0)])
+def test_a_self_stop_is_read_from_the_state_reason_and_its_time_from_the_transition(code, reason, itself,
+                                                                                    ago):
+    assert ec2.stopped_itself(stopped(code, reason), NOW) == (itself, ago)
+
+
+@pytest.mark.parametrize("window, minutes_ago, starts", [
+    (None, 10, False), (None, 59, False), (None, 61, True), (None, 120, True),
+    (90, 80, False), (90, 91, True), (600, 300, False), (600, 601, True)])
+def test_proxy_does_not_start_an_instance_that_stopped_itself_within_its_window(window, minutes_ago, starts):
+    found = stopped(ec2.SELF_STOP, gmt(minutes_ago))
+    decide = functools.partial(ec2.auto_start, profile(auto_start="yes", idle_stop=window), found,
+                               "ec2 -H gpu --start", False, NOW)
+    if starts:
+        assert decide() is True
+    else:
+        with pytest.raises(ec2.Failure, match="a connection without a terminal does not start it within"):
+            decide()
+
+
+def test_the_cool_down_says_why_and_what_starts_it_and_holds_where_ec2_gives_no_time():
+    with pytest.raises(ec2.Failure) as refused:
+        ec2.auto_start(profile(auto_start="yes"), stopped(ec2.SELF_STOP, gmt(12)), "ec2 -H gpu --start",
+                       False, NOW)
+    assert str(refused.value) == (
+        f"instance {INSTANCE_ID} stopped itself 12m ago (idle stop, or a shutdown on it); a connection"
+        " without a terminal does not start it within 1h of that, so that an editor left open does not"
+        " undo the stop; `ec2 -H gpu --start` starts it")
+    with pytest.raises(ec2.Failure, match="stopped itself at a time EC2 does not give"):
+        ec2.auto_start(profile(auto_start="yes"), stopped(ec2.SELF_STOP, "User initiated"), "s", False, NOW)
+
+
+def test_a_person_starts_an_instance_that_stopped_itself_a_minute_ago(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", Keyboard("\n"))
+    found = stopped(ec2.SELF_STOP, gmt(1))
+    assert ec2.auto_start(profile(auto_start="yes"), found, "s", True, NOW) is True
+    assert ec2.auto_start(profile(), found, "s", True, NOW) is True
+
+
+def test_one_stopped_by_a_person_is_started_by_proxy_at_once():
+    found = stopped("Client.UserInitiatedShutdown", gmt(1))
+    assert ec2.auto_start(profile(auto_start="yes"), found, "s", False, NOW) is True
+
+
+class Clock:
+    """time.monotonic and time.sleep replaced: sleeping moves the clock."""
+
+    def __init__(self, monkeypatch):
+        self.now, self.slept = 0.0, []
+        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(time, "sleep", self.sleep)
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_stopping_instance_is_waited_for_then_started_once(monkeypatch, capsys):
+    clock = Clock(monkeypatch)
+    states = iter(["stopping", "stopped", "pending", "running"])
+    monkeypatch.setattr(ec2, "find_instance", lambda p: stopped(state=next(states)))
+    aws = Aws(monkeypatch, start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]})
+    ended = ec2.start_instance(profile(), stopped(state="stopping"), "ec2 -H gpu --start")
+    assert ec2.instance_state(ended) == "running"
+    assert aws.calls == [("ec2", "start-instances", "--instance-ids", INSTANCE_ID)]
+    assert capsys.readouterr().err == (f"ec2: {INSTANCE_ID}: stopping, 0 s\nec2: starting {INSTANCE_ID}\n"
+                                       f"ec2: {INSTANCE_ID}: pending, 4 s\n")
+    assert clock.slept == [2, 2, 2, 2]
+
+
+def test_an_instance_that_stops_again_after_the_start_is_said_not_started_again(monkeypatch):
+    Clock(monkeypatch)
+    states = iter(["pending", "stopping"])
+    monkeypatch.setattr(ec2, "find_instance", lambda p: stopped(state=next(states)))
+    aws = Aws(monkeypatch, start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]})
+    with pytest.raises(ec2.Failure, match="is stopping; once it has stopped, `s` starts it again"):
+        ec2.start_instance(profile(), stopped(), "s")
+    assert len(aws.calls) == 1
+
+
+def test_c_c_during_the_wait_says_the_start_goes_on_and_how_to_see_it(monkeypatch):
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", interrupted)
+    Aws(monkeypatch, start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]})
+    with pytest.raises(ec2.Failure) as failed:
+        ec2.start_instance(profile(), stopped(), "ec2 -H gpu --start", None, "ec2 -H gpu --status")
+    assert (str(failed.value), failed.value.status) == (
+        "interrupted; the start goes on: `ec2 -H gpu --status` shows it", 130)
+
+
+def test_after_a_start_port_22_is_tried_every_half_second_until_it_answers(monkeypatch, capsys):
+    clock, tries = Clock(monkeypatch), []
+
+    def connect(address, timeout):
+        tries.append((clock.now, address, timeout))
+        if clock.now < 40:
+            raise ConnectionRefusedError
+        return socket.socket()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    clock.now = 30.0  # the instance ran 30 s after the start
+    ec2.wait_for_sshd("i-1 (gpu)", "ec2-1.example", 22, 0.0, "ec2 --status")
+    assert [t[0] for t in tries] == [30 + n / 2 for n in range(21)]
+    assert {t[1:] for t in tries} == {(("ec2-1.example", 22), 1)}
+    assert capsys.readouterr().err == ("ec2: i-1 (gpu): running, waiting for ssh, 30 s\n"
+                                       "ec2: i-1 (gpu): ssh answers, 40 s\n")
+    assert ec2.ANSWER_POLL == 0.5
+
+
+def test_the_wait_for_ssh_ends_600_s_after_the_start_saying_what_it_waited_for(monkeypatch):
+    clock = Clock(monkeypatch)
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: (_ for _ in ()).throw(
+        TimeoutError()))
+    clock.now = 100.0
+    with pytest.raises(ec2.Failure) as failed:
+        ec2.wait_for_sshd("i-1 (gpu)", "ec2-1.example", 22, 0.0, "ec2 -H gpu --status")
+    assert str(failed.value) == ("instance i-1 (gpu) runs, but nothing answered on port 22 of ec2-1.example"
+                                 " within 600 s of the start; `ec2 -H gpu --status` shows it")
+    assert 600 < clock.now <= 600.5 and ec2.START_TIMEOUT == 600
+
+
+def described(*instances):
+    return {"Reservations": [{"Instances": list(instances)}]}
+
+
+@pytest.fixture
+def stopped_gpu(ec2_run, clean_env, monkeypatch):
+    """ec2_run for profile gpu (auto_start = CHOICE) of an instance that is stopped until it is
+    started, with the wait for sshd recorded; returns (run, aws, waits)."""
+    waits = []
+    monkeypatch.setattr(ec2, "wait_for_sshd", lambda *args: waits.append(args))
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    aws = Aws(monkeypatch, describe_instances=described(stopped()),
+              start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]})
+    running_once_started(aws, monkeypatch, described(instance("ec2-2.example")))
+
+    def run(choice, *argv, tty=True):
+        write_config(clean_env, f"[gpu]\ninstance = {INSTANCE_ID}\nuser = u\nauto_start = {choice}\n")
+        return ec2_run(*([] if argv[0] == "--proxy" else ["-H", "gpu"]), *argv, tty=tty)
+
+    return run, aws, waits
+
+
+def test_a_connection_with_yes_starts_the_instance_waits_for_sshd_and_connects(stopped_gpu):
+    run, aws, waits = stopped_gpu
+    status, argv, _, err = run("yes", "work")
+    assert status == "exec", err
+    assert [call[1] for call in aws.calls] == ["describe-instances", "start-instances", "describe-instances"]
+    assert argv[:5] == ["ssh", "-o", "ConnectionAttempts=90", "-o", f"HostKeyAlias={INSTANCE_ID}"]
+    assert "u@ec2-2.example" in argv
+    assert [w[1:3] for w in waits] == [("ec2-2.example", 22)]
+    assert waits[0][4] == "ec2 -H gpu --status"
+
+
+def test_a_connection_with_no_refuses_as_before_and_starts_nothing(stopped_gpu):
+    run, aws, waits = stopped_gpu
+    status, argv, _, err = run("no", "work")
+    assert (status, argv) == (1, None)
+    assert err == f"ec2: instance {INSTANCE_ID} is stopped; `ec2 -H gpu --start` starts it\n"
+    assert [call[1] for call in aws.calls] == ["describe-instances"] and waits == []
+
+
+def test_dry_run_says_the_connection_would_start_it_and_starts_nothing(stopped_gpu):
+    run, aws, waits = stopped_gpu
+    status, argv, _, err = run("yes", "--dry-run")
+    assert (status, argv) == (1, None)
+    assert err == (f"ec2: instance {INSTANCE_ID} is stopped; a connection would start it first (auto_start),"
+                   " and --dry-run starts nothing\n")
+    assert [call[1] for call in aws.calls] == ["describe-instances"]
+
+
+def test_a_remembered_stopped_instance_is_asked_about_again_before_anything_is_started(stopped_gpu,
+                                                                                       monkeypatch):
+    run, aws, waits = stopped_gpu
+    found = []
+
+    def find(profile):  # the first answer is a remembered one: stopped, ten minutes ago
+        found.append(bool(profile.answers.known))
+        if len(found) == 1:
+            profile.answers.used = True
+            return stopped()
+        return instance("ec2-3.example")  # started meanwhile, from elsewhere
+
+    monkeypatch.setattr(ec2, "find_instance", find)
+    status, argv, _, err = run("yes", "work")
+    assert status == "exec" and "u@ec2-3.example" in argv, err
+    assert len(found) == 2 and aws.calls == [] and waits == []  # asked again, started nothing
+
+
+def test_proxy_never_asks_even_from_a_terminal_and_says_which_key_would_start_it(stopped_gpu):
+    run, aws, waits = stopped_gpu
+    status, _, _, err = run("ask", "--proxy", "gpu", tty=True)
+    assert status == 1 and "there is nobody to ask whether to start it (no terminal)" in err
+    assert f"auto_start = yes in [gpu] of {ec2.config_path(None, os.environ)[0]}" in err
+
+
+def test_proxy_with_yes_starts_it_and_waits_for_the_port_ssh_asked_for(stopped_gpu, monkeypatch):
+    run, aws, waits = stopped_gpu
+
+    def unreachable(address, timeout=None):
+        raise ConnectionRefusedError(111, "Connection refused")  # nothing leaves this machine
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    status, _, _, err = run("yes", "--proxy", "gpu:2222")
+    assert [call[1] for call in aws.calls] == ["describe-instances", "start-instances", "describe-instances"]
+    assert [w[1:3] for w in waits] == [("ec2-2.example", 2222)]
+    assert (status, err.splitlines()[-1]) == (1, "ec2: cannot connect to ec2-2.example port 2222:"
+                                                 " Connection refused")
