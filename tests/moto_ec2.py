@@ -9,7 +9,10 @@ those too. So a line "INSTANCE-ID STATE" on stdin puts that instance of
 us-east-1 in STATE, and "INSTANCE-ID launched SECONDS" dates its launch
 SECONDS ago, "INSTANCE-ID root instance-store" gives it that root device
 type, and "INSTANCE-ID public-ip ADDRESS" that public address (a test's own
-sandbox, as a stop and start would give it another); the answer is "ok", or
+sandbox, as a stop and start would give it another), and "INSTANCE-ID boot
+SECONDS" makes its next starts take time, as a real one's do: it is pending
+for SECONDS after start-instances, then running, keeping its public address
+(a benchmark's own sandbox); the answer is "ok", or
 "error: ..." on one line. moto has no SSM instance information and no EC2
 Instance Connect Endpoints: here ssm describe-instance-information answers
 that the instances of "INSTANCE-ID ssm-online" lines are online, and ec2
@@ -27,6 +30,7 @@ from datetime import datetime, timedelta, timezone
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
+from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.responses import EC2Response
 from moto.ec2instanceconnect.responses import Ec2InstanceConnectResponse
 from moto.server import ThreadedMotoServer
@@ -64,6 +68,35 @@ SimpleSystemManagerResponse.describe_instance_information = describe_instance_in
 EC2Response.describe_instance_connect_endpoints = describe_instance_connect_endpoints
 
 
+BOOT_SECONDS, PUBLIC_IPS = {}, {}
+
+
+def start_instances(self, *args, **kwargs):
+    """moto's start, then for an instance of a "boot" line: pending until its boot is over."""
+    import threading
+
+    started = REAL_START(self, *args, **kwargs)
+    for instance in list(started):
+        instance = instance[0] if isinstance(instance, tuple) else instance
+        seconds = BOOT_SECONDS.get(instance.id)
+        if seconds is not None:
+            instance._state.name, instance._state.code = "pending", STATE_CODES["pending"]
+
+            def booted(instance=instance):
+                instance._state.name, instance._state.code = "running", STATE_CODES["running"]
+                if instance.id in PUBLIC_IPS:  # the sandbox's, not one moto makes up at a start
+                    instance.nics[0].public_ip = PUBLIC_IPS[instance.id]
+
+            timer = threading.Timer(seconds, booted)
+            timer.daemon = True
+            timer.start()
+    return started
+
+
+REAL_START = InstanceBackend.start_instances
+InstanceBackend.start_instances = start_instances
+
+
 def set_state(instance_id, state, seconds=None):
     if state in ("ssm-online", "endpoint"):
         (ONLINE if state == "ssm-online" else ENDPOINT_VPCS).add(instance_id)
@@ -76,7 +109,10 @@ def set_state(instance_id, state, seconds=None):
         instance.root_device_type = seconds
         return
     if state == "public-ip":  # "INSTANCE-ID public-ip ADDRESS"
-        instance.nics[0].public_ip = seconds
+        instance.nics[0].public_ip = PUBLIC_IPS[instance_id] = seconds
+        return
+    if state == "boot":  # "INSTANCE-ID boot SECONDS"
+        BOOT_SECONDS[instance_id] = float(seconds)
         return
     instance._state.name = state
     instance._state.code = STATE_CODES[state]

@@ -433,9 +433,11 @@ def test_the_readmes_iam_permissions_are_enough_and_none_is_refused(recorder, tm
             keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
                           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
         recorder.env.update(moto.env)
-        for option in ("--status", "--stop", "--start"):
-            done = recorder.run("-H", instance_id, option, env=keys["allowed"])
-            assert done.returncode == 0, (option, done.stderr)
+        with held_port() as port:  # where ec2 waits for sshd after the start (ssh -G says so)
+            recorder.env["EC2_TEST_SSH_G"] = f"-o HostName=127.0.0.1 -o Port={port}"
+            for option in ("--status", "--stop", "--start"):
+                done = recorder.run("-H", instance_id, option, env=keys["allowed"])
+                assert done.returncode == 0, (option, done.stderr)
         assert recorder.argv()[-1] == moto.describe(instance_id, env=keys["allowed"])["PublicDnsName"]
         done = recorder.run("-H", instance_id, env=keys["nobody"])
         assert done.returncode == 1 and done.stderr.count("\n") == 1
@@ -713,3 +715,18 @@ def test_after_stop_and_after_start_the_next_connection_asks_again(run_ec2, moto
     assert after.returncode == 0 and counted()[asked:] == [["ec2", "describe-instances"]]
     assert run_ec2("-H", "gpu", "--dry-run", "work", profile=profile).stdout == after.stdout
     assert len(counted()) == asked + 1  # remembered again
+
+
+def test_start_type_changes_the_type_of_the_stopped_instance_and_status_shows_it(run_ec2, moto, sshd_answers):
+    name = unique("resized")
+    instance_id = moto.launch(name, instance_type="t3.micro")
+    moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
+    profile = f"[gpu]\ninstance = {name}\n"
+    done = run_ec2("-H", "gpu", "--start", "--type", "t3.large", profile=profile)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"ec2: {instance_id} ({name}): type t3.micro -> t3.large\n")
+    assert moto.describe(instance_id)["InstanceType"] == "t3.large"
+    assert run_ec2("-H", "gpu", "--status", profile=profile).stdout.split()[3] == "t3.large"
+    done = run_ec2("-H", "gpu", "--start", "--type", "t3.xlarge", profile=profile)  # it runs now
+    assert done.returncode == 1
+    assert "its type changes only while it is stopped: `ec2 -H gpu --stop`" in done.stderr

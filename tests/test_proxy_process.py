@@ -491,3 +491,12 @@ def test_answers_are_kept_apart_for_each_aws_profile_region_and_endpoint_the_cli
     assert path(region="eu-west-1") == path(AWS_REGION="eu-west-1") == path(AWS_DEFAULT_REGION="eu-west-1")
     assert path(aws_profile="work") == path(AWS_PROFILE="work")
     assert all(os.path.dirname(p) == "/c/ec2/answers" and "/" not in os.path.basename(p) for p in paths)
+
+
+def test_the_host_block_keeps_the_path_ssh_was_given_first_and_adds_where_aws_was_found(tmp_path):
+    shows = tmp_path / "shows-path"  # stands in for ec2: says the PATH it was run with
+    shows.write_text("#!/bin/sh\necho \"$PATH\"\n")
+    shows.chmod(0o755)
+    done = subprocess.run(["/bin/sh", "-c", ec2.PROXY_SH, "ec2", "/opt/aws/bin", sys.executable, str(shows)],
+                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "/usr/bin:/bin:/opt/aws/bin\n"), done.stderr

@@ -203,7 +203,7 @@ SAMPLES = {"session": ["work"], "jupyter": ["-j"], "jupyter_port": ["--jupyter-p
            "dry_run": ["--dry-run"], "list": ["--list"], "urls": ["--urls"], "status": ["--status"],
            "stop": ["--stop"], "instances": ["--instances"], "completion": ["--completion", "bash"],
            "ssh_config": ["--ssh-config"], "proxy": ["--proxy", "gpu"], "ssh_args": ["--", "-v"],
-           "idle_stop": ["--idle-stop", "1h"], "keep": ["--keep", "3h"]}
+           "idle_stop": ["--idle-stop", "1h"], "keep": ["--keep", "3h"], "type": ["--type", "g5.2xlarge"]}
 
 
 def test_each_mode_takes_or_refuses_every_option_never_ignores_one(capsys):

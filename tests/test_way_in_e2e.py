@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -148,9 +149,9 @@ def generated_config(world, host, tmp_path, **extra):
     known_hosts, defaults = client(world, tmp_path)
     (world["base"] / "ec2.ini").write_text(
         f"[gpu]\ninstance = {world['id']}\nuser = {USER}\nidentity = {host.base / 'user_key'}\n"
-        "address = private-ip\nconnect = direct\n\n"
+        "address = private-ip\nconnect = direct\n" + "".join(f"{k} = {v}\n" for k, v in extra.items()) + "\n"
         f"[tun]\ninstance = {world['name']}\nuser = {USER}\nidentity = {host.base / 'user_key'}\n"
-        "connect = ssm\n")
+        "connect = ssm\n" + "".join(f"{k} = {v}\n" for k, v in extra.items()))
     done = run_ec2(world, "--ssh-config")
     assert done.returncode == 0, done.stderr
     config = tmp_path / "config"
@@ -226,3 +227,86 @@ def test_no_ec2_stays_in_the_data_path_when_the_socket_is_handed_over(world, hos
         if ssh.poll() is None:
             ssh.kill()
         ssh.wait()
+
+
+def answers(address, port):
+    try:
+        socket.create_connection((address, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_stopped_instance_starts_when_ssh_connects_through_its_host_block(world, host, moto, tmp_path):
+    # The instance is stopped; its sshd (a second one, on port 2222 of the sandbox) starts only
+    # 8 s after the start call, as an instance's does once it has booted.
+    config, _ = generated_config(world, host, tmp_path, auto_start="yes")
+    sshd_config = tmp_path / "sshd_config"
+    sshd_config.write_text((host.base / "sshd_config").read_text().replace(f"{host.address}:22",
+                                                                            f"{host.address}:2222"))
+    moto.aws("ec2", "stop-instances", "--instance-ids", world["id"])
+    before, sshd = len(aws_calls(world["log"])), None
+    ssh = subprocess.Popen(["ssh", "-p", "2222", "-F", str(config), "gpu", "echo", "reached"],
+                           env=world["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: ["ec2", "start-instances"] in [c[:2] for c in aws_calls(world["log"])[before:]],
+                   30, what="the start")
+        time.sleep(8)
+        sshd = host.spawn(shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        up = wait_until(lambda: answers(host.address, 2222) and time.monotonic(), 10, what="the delayed sshd")
+        out, err = ssh.communicate(timeout=60)
+        done = time.monotonic()
+    finally:
+        if ssh.poll() is None:
+            stop_pid(ssh.pid)
+        if sshd:
+            stop_pid(sshd.pid)
+        moto.aws("ec2", "start-instances", "--instance-ids", world["id"])  # as the other tests want it
+    assert (ssh.returncode, out) == (0, "reached\n"), err
+    who = f"{world['id']} ({world['name']})"
+    lines = err.splitlines()
+    assert lines[0] == f"ec2: starting {who}" and f"ec2: {who}: running, waiting for ssh, " in err, err
+    assert re.fullmatch(rf"ec2: {re.escape(who)}: ssh answers, \d+ s", lines[-1]), err
+    assert done - up < 2.5  # ec2 added at most about a second to sshd's first answer
+
+
+def test_a_stopped_instance_starts_through_ssm_which_takes_a_session_some_seconds_later(world, host, moto,
+                                                                                     tmp_path):
+    # After the start SSM knows the instance (ConnectionLost), and its start-session says
+    # TargetNotConnected for 6 s, as it does for a minute or more after an instance starts.
+    config, _ = generated_config(world, host, tmp_path, auto_start="yes")
+    lost = json.dumps({"InstanceInformationList": [{"InstanceId": world["id"],
+                                                    "PingStatus": "ConnectionLost"}]})
+    moto.aws("ec2", "stop-instances", "--instance-ids", world["id"])
+    before = len(tunnels(world))
+    env = {**world["env"], "EC2_TEST_SSM_ANSWER": lost, "EC2_TEST_SSM_CONNECTED_AFTER": str(time.time() + 6)}
+    try:
+        done = subprocess.run(["ssh", "-F", str(config), "tun", "echo", "reached"], env=env,
+                              capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+    finally:
+        moto.aws("ec2", "start-instances", "--instance-ids", world["id"])  # as the other tests want it
+    assert (done.returncode, done.stdout) == (0, "reached\n"), done.stderr
+    assert f"ec2: {world['id']} ({world['name']}): running, waiting for SSM, " in done.stderr
+    assert len(tunnels(world)) - before >= 3  # refused, then the one that answered, then ssh's own
+
+
+def test_two_connections_at_once_to_a_stopped_instance_both_connect(world, host, moto, tmp_path):
+    # As VS Code opens several at once: each may start it (a start of a pending or running
+    # instance is harmless to AWS); both wait, and both get in.
+    config, _ = generated_config(world, host, tmp_path, auto_start="yes")
+    moto.aws("ec2", "stop-instances", "--instance-ids", world["id"])
+    before, both = len(aws_calls(world["log"])), []
+    try:
+        both += [subprocess.Popen(["ssh", "-F", str(config), "gpu", "echo", "reached"], env=world["env"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 stdin=subprocess.DEVNULL) for _ in range(2)]
+        said = [ssh.communicate(timeout=60) for ssh in both]
+    finally:
+        for ssh in both:
+            if ssh.poll() is None:
+                stop_pid(ssh.pid)
+    assert [(ssh.returncode, out) for ssh, (out, _) in zip(both, said)] == [(0, "reached\n")] * 2, said
+    starts = [call for call in aws_calls(world["log"])[before:] if call[:2] == ["ec2", "start-instances"]]
+    assert 1 <= len(starts) <= 2 and moto.describe(world["id"])["State"]["Name"] == "running"

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import socket
 import stat
 import sys
@@ -880,3 +881,208 @@ def test_proxy_with_yes_starts_it_and_waits_for_the_port_ssh_asked_for(stopped_g
     assert [w[1:3] for w in waits] == [("ec2-2.example", 2222)]
     assert (status, err.splitlines()[-1]) == (1, "ec2: cannot connect to ec2-2.example port 2222:"
                                                  " Connection refused")
+
+
+def test_a_remembered_address_is_tried_for_3_s_at_the_host_and_port_ssh_g_reads(monkeypatch):
+    tried = []
+
+    def connect(address, timeout):
+        tried.append((address, timeout))
+        raise TimeoutError
+
+    monkeypatch.setattr(ec2, "ssh_endpoint", lambda argv: ("gpu.example", 2222))
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert ec2.answers_reach(["ssh", "gpu"]) is False
+    assert tried == [(("gpu.example", 2222), 3)] and ec2.PROBE_SECONDS == 3
+    monkeypatch.setattr(ec2, "ssh_endpoint", lambda argv: None)  # through a proxy: ssh's business
+    assert ec2.answers_reach(["ssh", "gpu"]) is True and len(tried) == 1
+
+
+# --- starts that AWS refuses, and --start --type --------------------------------------------
+
+
+CAPACITY = ("aws: An error occurred (InsufficientInstanceCapacity) when calling the StartInstances operation"
+            " (reached max retries: 2): We currently do not have sufficient g5.xlarge capacity in the"
+            " Availability Zone you requested (us-east-1a).")
+
+
+@pytest.mark.parametrize("said, line", [
+    (CAPACITY, "EC2 has no g5.xlarge to spare in this instance's zone now; try again later, or start it as"
+               " another type: ec2 -H gpu --start --type TYPE"),
+    ("aws: An error occurred (IncorrectInstanceState) when calling the StartInstances operation: The instance"
+     f" '{INSTANCE_ID}' is not in a state from which it can be started.",
+     f"{INSTANCE_ID} changed state meanwhile; `ec2 -H gpu --start` looks again"),
+    ("aws: An error occurred (UnauthorizedOperation) when calling the StartInstances operation: You are not"
+     " authorized to perform this operation.",
+     f"IAM does not let you start {INSTANCE_ID} (ec2:StartInstances)"),
+])
+def test_a_start_that_aws_refuses_is_explained_after_the_cli_s_words(monkeypatch, said, line):
+    Aws(monkeypatch, start_instances=said)
+    found = {**stopped(), "InstanceType": "g5.xlarge"}
+    with pytest.raises(ec2.Failure) as refused:
+        ec2.start_instance(profile(), found, "ec2 -H gpu --start")
+    assert str(refused.value) == f"{said}\nec2: {line}"
+
+
+def test_an_interrupted_spot_instance_is_left_to_ec2_and_not_tried(monkeypatch):
+    aws = Aws(monkeypatch)
+    found = {**stopped("Server.SpotInstanceShutdown"), "InstanceLifecycle": "spot"}
+    with pytest.raises(ec2.Failure, match=r"is a Spot instance that EC2 interrupted"
+                                          r" \(Server.SpotInstanceShutdown\); only EC2 starts it again"):
+        ec2.start_instance(profile(), found, "s")
+    assert aws.calls == []
+
+
+@pytest.fixture
+def typed(stopped_gpu, monkeypatch):
+    """stopped_gpu, where the instance is a g5.xlarge, and modify-instance-attribute answers."""
+    run, aws, waits = stopped_gpu
+    aws.answers["describe_instances"]["Reservations"][0]["Instances"][0]["InstanceType"] = "g5.xlarge"
+    aws.answers["modify_instance_attribute"] = {}
+    return run, aws
+
+
+def test_start_type_changes_the_stopped_instance_s_type_then_starts_it(typed):
+    run, aws = typed
+    status, argv, _, err = run("no", "--start", "--type", "g5.2xlarge")
+    assert status == "exec", err
+    assert aws.calls[1] == ("ec2", "modify-instance-attribute", "--instance-id", INSTANCE_ID,
+                            "--instance-type", '{"Value": "g5.2xlarge"}')
+    assert [call[1] for call in aws.calls][2:] == ["start-instances", "describe-instances"]
+    assert err.startswith(f"ec2: {INSTANCE_ID}: type g5.xlarge -> g5.2xlarge\nec2: starting {INSTANCE_ID}\n")
+
+
+def test_start_type_of_its_own_type_changes_nothing(typed):
+    run, aws = typed
+    assert run("no", "--start", "--type", "g5.xlarge")[0] == "exec"
+    assert "modify-instance-attribute" not in [call[1] for call in aws.calls]
+
+
+def test_a_type_aws_rejects_is_said_and_the_instance_is_not_started(typed):
+    run, aws = typed
+    said = ("aws: An error occurred (InvalidParameterValue) when calling the ModifyInstanceAttribute"
+            " operation: Invalid value 'g9.huge' for instanceType.")
+    aws.answers["modify_instance_attribute"] = said
+    status, argv, _, err = run("no", "--start", "--type", "g9.huge")
+    assert (status, argv) == (1, None)
+    assert err == (f"ec2: {said}\nec2: {INSTANCE_ID} stays a g5.xlarge, and was not started: g9.huge is not a"
+                   " type EC2 has in its region, or not one its AMI can run (its architecture, its"
+                   " virtualization, its network driver)\n")
+    assert "start-instances" not in [call[1] for call in aws.calls]
+
+
+@pytest.mark.parametrize("found, message", [
+    ({"State": {"Name": "running"}}, f"--type: {INSTANCE_ID} is running, and its type changes only while it"
+                                     " is stopped: `ec2 -H gpu --stop` first"),
+    ({"InstanceLifecycle": "spot"}, f"--type: {INSTANCE_ID} is a Spot instance, whose type cannot change;"
+                                    " launch another")])
+def test_start_type_refuses_a_running_or_a_spot_instance_and_changes_nothing(typed, found, message):
+    run, aws = typed
+    aws.answers["describe_instances"]["Reservations"][0]["Instances"][0].update(found)
+    status, argv, _, err = run("no", "--start", "--type", "g5.2xlarge")
+    assert (status, argv, err) == (1, None, f"ec2: {message}\n")
+    assert [call[1] for call in aws.calls] == ["describe-instances"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--type", "g5.2xlarge"], "--type goes with --start only"),
+    (["--start", "--type", "g5"], "argument --type: 'g5' is not an instance type, such as g5.2xlarge"),
+    (["--start", "--type", "g5.x;rm"], "argument --type: 'g5.x;rm' is not an instance type, such as"
+                                       " g5.2xlarge")])
+def test_type_without_start_or_not_a_type_is_a_usage_error(ec2_run, argv, message):
+    status, _, _, err = ec2_run("-H", INSTANCE_ID, *argv)
+    assert status == 2 and err.splitlines()[-1] == f"ec2: error: {message}"
+
+
+def test_type_on_a_plain_host_is_a_usage_error(ec2_run):
+    status, _, _, err = ec2_run("-H", "box.example", "--start", "--type", "g5.2xlarge")
+    assert status == 2 and "need an EC2 instance" in err
+
+
+# --- after a start, through SSM or EICE: the tunnel is tried until sshd's words come through ---
+
+
+NOT_CONNECTED = ("An error occurred (TargetNotConnected) when calling the StartSession operation:"
+                 f" {INSTANCE_ID} is not connected.")
+
+
+def tunnel(tmp_path, refusals):
+    """A stand-in for `aws ssm start-session`: says TargetNotConnected as the CLI does for its
+    first REFUSALS runs (and something else on stdout, which is not sshd), then relays sshd's
+    first words. Returns (argv, the runs file)."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "tunnel"
+    script.write_text(f"""#!/bin/sh
+echo x >> {runs}
+if [ "$(wc -l < {runs})" -le {refusals} ]; then
+    echo "{NOT_CONNECTED}" >&2
+    echo "Starting session with SessionId: botocore-session-1"
+    exit 254
+fi
+printf 'SSH-2.0-OpenSSH_9.2p1\\r\\n'
+sleep 30
+""")
+    script.chmod(0o755)
+    return [str(script), "--parameters", f"portNumber={ec2.PORT_TOKEN}"], runs
+
+
+def test_after_a_start_ssm_is_tried_until_a_session_takes_and_sshd_s_words_come_through(tmp_path, monkeypatch,
+                                                                                       capsys):
+    clock = Clock(monkeypatch)
+    argv, runs = tunnel(tmp_path, 2)
+    ec2.wait_for_tunnel("i-1 (gpu)", [w.replace(ec2.PORT_TOKEN, "22") for w in argv], "SSM", 0.0, "s")
+    assert runs.read_text().count("x") == 3 and clock.slept and set(clock.slept) <= {2}
+    assert capsys.readouterr().err == ("ec2: i-1 (gpu): running, waiting for SSM, 0 s\n"
+                                       "ec2: i-1 (gpu): ssh answers, 4 s\n")
+
+
+def test_the_wait_for_a_session_ends_600_s_after_the_start_with_the_cli_s_last_words(tmp_path, monkeypatch):
+    clock = Clock(monkeypatch)
+    argv, _ = tunnel(tmp_path, 10 ** 6)
+    argv = [word.replace(ec2.PORT_TOKEN, "22") for word in argv]
+    clock.now = 598.0
+    with pytest.raises(ec2.Failure) as failed:
+        ec2.wait_for_tunnel("i-1 (gpu)", argv, "SSM", 0.0, "ec2 -H gpu --status")
+    assert str(failed.value) == ("instance i-1 (gpu) runs, but no ssh session came through SSM within 600 s"
+                                 f" of the start ({NOT_CONNECTED}); `ec2 -H gpu --status` shows it")
+    assert 600 < clock.now <= 602 and ec2.POLL_SECONDS == 2 and ec2.TUNNEL_TRY_SECONDS == 15
+
+
+def test_just_started_an_instance_ssm_knows_but_has_not_seen_again_goes_through_ssm(monkeypatch):
+    Aws(monkeypatch, describe_instance_information=online("ConnectionLost"),
+        describe_instance_connect_endpoints={})
+    found = instance()
+    problem = ec2.ssm_problem(profile(), INSTANCE_ID, plugin(True))
+    assert problem and "is not online in SSM (its agent is ConnectionLost)" in problem[0]
+    assert ec2.ssm_problem(profile(), INSTANCE_ID, plugin(True), started=True) is None
+    assert ec2.choose_route(profile(), found, "auto", plugin(True), started=True).mode == "ssm"
+    Aws(monkeypatch, describe_instance_information={"InstanceInformationList": []})
+    assert ec2.ssm_problem(profile(), INSTANCE_ID, plugin(True), started=True)  # one SSM does not know
+
+
+def test_a_connection_that_started_the_instance_waits_for_its_tunnel_at_ssh_s_port(ec2_run, clean_env,
+                                                                                   monkeypatch):
+    waits = []
+    monkeypatch.setattr(ec2, "wait_for_tunnel", lambda *args: waits.append(args))
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(shutil, "which", plugin(True))
+    aws = Aws(monkeypatch, describe_instances=described({**instance(), "State": {"Name": "stopped"}}),
+              start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]},
+              describe_instance_information=online("ConnectionLost"))
+    running_once_started(aws, monkeypatch, described(instance()))
+    write_config(clean_env, f"[gpu]\ninstance = {INSTANCE_ID}\nuser = u\nauto_start = yes\nconnect = ssm\n")
+    status, argv, _, err = ec2_run("-H", "gpu", "--", "-p", "2222")
+    assert status == "exec", err
+    assert [(w[1][-1], w[2]) for w in waits] == [("portNumber=2222", "SSM")]
+
+
+@pytest.mark.parametrize("answer", [{}, {"StartingInstances": "x"}, {"StartingInstances": [None, 3]},
+                                    {"StartingInstances": [{"CurrentState": ["running"]}]}])
+@pytest.mark.parametrize("found", [{"InstanceId": INSTANCE_ID}, {"InstanceId": INSTANCE_ID, "State": "x"},
+                                   {"InstanceId": INSTANCE_ID, "State": {"Name": 7}}])
+def test_garbage_from_the_cli_during_a_start_is_one_line_never_a_traceback(monkeypatch, answer, found):
+    Clock(monkeypatch)
+    Aws(monkeypatch, start_instances=answer)
+    monkeypatch.setattr(ec2, "find_instance", lambda p: found)
+    with pytest.raises(ec2.Failure, match=f"^instance {INSTANCE_ID} is unknown; it cannot be started again$"):
+        ec2.start_instance(profile(), stopped(), "s")
