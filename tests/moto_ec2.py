@@ -12,7 +12,10 @@ type, and "INSTANCE-ID public-ip ADDRESS" that public address (a test's own
 sandbox, as a stop and start would give it another), and "INSTANCE-ID boot
 SECONDS" makes its next starts take time, as a real one's do: it is pending
 for SECONDS after start-instances, then running, keeping its public address
-(a benchmark's own sandbox); the answer is "ok", or
+(a benchmark's own sandbox), and "INSTANCE-ID self-stopped MINUTES" stops it
+as a shutdown from inside does, MINUTES ago ("-": at a time EC2 does not
+give): its StateReason is Client.InstanceInitiatedShutdown, which moto never
+writes; the answer is "ok", or
 "error: ..." on one line. moto has no SSM instance information and no EC2
 Instance Connect Endpoints: here ssm describe-instance-information answers
 that the instances of "INSTANCE-ID ssm-online" lines are online, and ec2
@@ -30,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
-from moto.ec2.models.instances import InstanceBackend
+from moto.ec2.models.instances import InstanceBackend, StateReason
 from moto.ec2.responses import EC2Response
 from moto.ec2instanceconnect.responses import Ec2InstanceConnectResponse
 from moto.server import ThreadedMotoServer
@@ -78,6 +81,8 @@ def start_instances(self, *args, **kwargs):
     started = REAL_START(self, *args, **kwargs)
     for instance in list(started):
         instance = instance[0] if isinstance(instance, tuple) else instance
+        if instance.id in PUBLIC_IPS:  # a sandbox's, not one moto makes up at a start
+            instance.nics[0].public_ip = PUBLIC_IPS[instance.id]
         seconds = BOOT_SECONDS.get(instance.id)
         if seconds is not None:
             instance._state.name, instance._state.code = "pending", STATE_CODES["pending"]
@@ -110,6 +115,14 @@ def set_state(instance_id, state, seconds=None):
         return
     if state == "public-ip":  # "INSTANCE-ID public-ip ADDRESS"
         instance.nics[0].public_ip = PUBLIC_IPS[instance_id] = seconds
+        return
+    if state == "self-stopped":  # "INSTANCE-ID self-stopped MINUTES", or "-"
+        instance.stop()
+        when = "" if seconds == "-" else " (" + (datetime.now(timezone.utc) - timedelta(
+            minutes=float(seconds))).strftime("%Y-%m-%d %H:%M:%S") + " GMT)"
+        instance._reason = f"User initiated{when}"
+        instance.state_reason = StateReason("Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                                            "Client.InstanceInitiatedShutdown")
         return
     if state == "boot":  # "INSTANCE-ID boot SECONDS"
         BOOT_SECONDS[instance_id] = float(seconds)

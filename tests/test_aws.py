@@ -12,12 +12,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import Moto, aws_calls, held_port, install_aws_standin, stop_pid, wait_until
+from conftest import EC2, Moto, aws_calls, held_port, install_aws_standin, stop_pid, wait_until
 
 
 @pytest.fixture
@@ -172,7 +173,7 @@ def sshd_answers(run_ec2):
     never to the address moto made up."""
     with held_port() as port:
         run_ec2.recorder.env["EC2_TEST_SSH_G"] = f"-o HostName=127.0.0.1 -o Port={port}"
-        yield
+        yield port
 
 
 def test_start_starts_waits_and_connects_to_the_new_address(run_ec2, moto, sshd_answers):
@@ -730,3 +731,87 @@ def test_start_type_changes_the_type_of_the_stopped_instance_and_status_shows_it
     done = run_ec2("-H", "gpu", "--start", "--type", "t3.xlarge", profile=profile)  # it runs now
     assert done.returncode == 1
     assert "its type changes only while it is stopped: `ec2 -H gpu --stop`" in done.stderr
+
+
+# --- back in one step, with the real CLI: the question at a terminal, and the cool-down ------------
+
+
+LIST = [sys.executable, str(EC2), "-H", "gpu", "--list"]
+
+
+def on_a_terminal(argv, env, typed):
+    """Run ARGV with a pty for stdin, stdout and stderr; once it asks [Y/n], type TYPED.
+    Returns (exit status, all it wrote)."""
+    import select
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    said, deadline = b"", time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the pty's other end has closed: it ended
+                    break
+                if not chunk:
+                    break
+                said += chunk
+                if said.endswith(b"[Y/n] ") and typed is not None:
+                    os.write(master, typed)
+                    typed = None
+            elif proc.poll() is not None:
+                break
+        return proc.wait(10), said.decode(errors="replace").replace("\r\n", "\n")
+    finally:
+        os.close(master)
+        stop_pid(proc.pid)
+
+
+@pytest.mark.parametrize("typed, starts", [(b"\n", True), (b"n\n", False)])  # y: test_way_in_unit.py
+def test_ask_at_a_terminal_starts_on_y_or_enter_and_not_on_n(run_ec2, moto, sshd_answers, typed, starts):
+    name = unique("asked")
+    instance_id = moto.launch(name)
+    moto.aws("ec2", "stop-instances", "--instance-ids", instance_id)
+    (Path(run_ec2.recorder.env["EC2_CONFIG"])).write_text(f"[gpu]\ninstance = {name}\nuser = ubuntu\n")
+    status, said = on_a_terminal(LIST, run_ec2.recorder.env, typed)
+    assert f"ec2: instance {instance_id} ({name}) is stopped; start it? [Y/n] " in said
+    assert moto.describe(instance_id)["State"]["Name"] == ("running" if starts else "stopped")
+    assert (status == 0) == starts, said
+    if not starts:
+        assert said.endswith(f"ec2: instance {instance_id} ({name}) was not started; `ec2 -H gpu --start`"
+                             " starts it\n")
+
+
+def test_the_cool_down_holds_proxy_back_and_lets_a_person_start_it(run_ec2, moto, sshd_answers):
+    name = unique("idled")
+    instance_id = moto.launch(name)
+    moto.set_state(instance_id, "self-stopped 10")  # as idle stop leaves it, 10 minutes ago
+    found = moto.describe(instance_id)
+    assert found["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"  # as the CLI hands it over
+    profile = f"[gpu]\ninstance = {name}\nuser = ubuntu\nauto_start = yes\nidle_stop = 1h\n"
+    done = run_ec2("--proxy", "gpu", profile=profile)
+    assert done.returncode == 1 and run_ec2.recorder.argv() is None
+    assert done.stderr == (f"ec2: instance {instance_id} ({name}) stopped itself 10m ago (idle stop, or a"
+                           " shutdown on it); a connection without a terminal does not start it within 1h of"
+                           " that, so that an editor left open does not undo the stop; `ec2 -H gpu --start`"
+                           " starts it\n")
+    assert moto.describe(instance_id)["State"]["Name"] == "stopped"
+    status, said = on_a_terminal(LIST, run_ec2.recorder.env, None)
+    assert status == 0 and f"ec2: starting {instance_id} ({name})" in said, said  # a person: yes
+    assert moto.describe(instance_id)["State"]["Name"] == "running"
+
+
+@pytest.mark.parametrize("when, starts", [("130", True), ("-", False)])
+def test_proxy_starts_one_that_stopped_itself_two_windows_ago_but_not_one_ec2_cannot_date(
+        run_ec2, moto, sshd_answers, when, starts):
+    name = unique("idled")
+    instance_id = moto.launch(name)
+    moto.set_state(instance_id, "public-ip 127.0.0.1")  # --proxy connects there itself, and moto keeps it
+    moto.set_state(instance_id, f"self-stopped {when}")
+    done = run_ec2("--proxy", f"gpu:{sshd_answers}", profile=f"[gpu]\ninstance = {name}\nauto_start = yes\n"
+                   "idle_stop = 1h\naddress = public-ip\n")
+    assert moto.describe(instance_id)["State"]["Name"] == ("running" if starts else "stopped"), done.stderr
+    if not starts:
+        assert "stopped itself at a time EC2 does not give" in done.stderr

@@ -229,6 +229,12 @@ def test_no_ec2_stays_in_the_data_path_when_the_socket_is_handed_over(world, hos
         ssh.wait()
 
 
+def own(world):
+    """The client's environment, with this test's own ec2 cache: nothing an earlier test's
+    connection remembered (a running instance) answers for the stopped one here."""
+    return {**world["env"], "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+
+
 def answers(address, port):
     try:
         socket.create_connection((address, port), timeout=0.2).close()
@@ -239,7 +245,7 @@ def answers(address, port):
 
 def test_a_stopped_instance_starts_when_ssh_connects_through_its_host_block(world, host, moto, tmp_path):
     # The instance is stopped; its sshd (a second one, on port 2222 of the sandbox) starts only
-    # 8 s after the start call, as an instance's does once it has booted.
+    # 5 s after the start call, as an instance's does once it has booted.
     config, _ = generated_config(world, host, tmp_path, auto_start="yes")
     sshd_config = tmp_path / "sshd_config"
     sshd_config.write_text((host.base / "sshd_config").read_text().replace(f"{host.address}:22",
@@ -247,12 +253,12 @@ def test_a_stopped_instance_starts_when_ssh_connects_through_its_host_block(worl
     moto.aws("ec2", "stop-instances", "--instance-ids", world["id"])
     before, sshd = len(aws_calls(world["log"])), None
     ssh = subprocess.Popen(["ssh", "-p", "2222", "-F", str(config), "gpu", "echo", "reached"],
-                           env=world["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=own(world), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: ["ec2", "start-instances"] in [c[:2] for c in aws_calls(world["log"])[before:]],
                    30, what="the start")
-        time.sleep(8)
+        time.sleep(5)
         sshd = host.spawn(shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         up = wait_until(lambda: answers(host.address, 2222) and time.monotonic(), 10, what="the delayed sshd")
@@ -275,13 +281,13 @@ def test_a_stopped_instance_starts_when_ssh_connects_through_its_host_block(worl
 def test_a_stopped_instance_starts_through_ssm_which_takes_a_session_some_seconds_later(world, host, moto,
                                                                                      tmp_path):
     # After the start SSM knows the instance (ConnectionLost), and its start-session says
-    # TargetNotConnected for 6 s, as it does for a minute or more after an instance starts.
+    # TargetNotConnected for 4 s, as it does for a minute or more after an instance starts.
     config, _ = generated_config(world, host, tmp_path, auto_start="yes")
     lost = json.dumps({"InstanceInformationList": [{"InstanceId": world["id"],
                                                     "PingStatus": "ConnectionLost"}]})
     moto.aws("ec2", "stop-instances", "--instance-ids", world["id"])
     before = len(tunnels(world))
-    env = {**world["env"], "EC2_TEST_SSM_ANSWER": lost, "EC2_TEST_SSM_CONNECTED_AFTER": str(time.time() + 6)}
+    env = {**own(world), "EC2_TEST_SSM_ANSWER": lost, "EC2_TEST_SSM_CONNECTED_AFTER": str(time.time() + 4)}
     try:
         done = subprocess.run(["ssh", "-F", str(config), "tun", "echo", "reached"], env=env,
                               capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
@@ -299,7 +305,7 @@ def test_two_connections_at_once_to_a_stopped_instance_both_connect(world, host,
     moto.aws("ec2", "stop-instances", "--instance-ids", world["id"])
     before, both = len(aws_calls(world["log"])), []
     try:
-        both += [subprocess.Popen(["ssh", "-F", str(config), "gpu", "echo", "reached"], env=world["env"],
+        both += [subprocess.Popen(["ssh", "-F", str(config), "gpu", "echo", "reached"], env=own(world),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  stdin=subprocess.DEVNULL) for _ in range(2)]
         said = [ssh.communicate(timeout=60) for ssh in both]

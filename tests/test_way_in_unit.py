@@ -670,6 +670,9 @@ def test_a_stopping_instance_is_asked_about_as_such(monkeypatch, capsys):
 @pytest.mark.parametrize("code, reason, itself, ago", [
     (ec2.SELF_STOP, gmt(10), True, 600), (ec2.SELF_STOP, "User initiated", True, None),
     (ec2.SELF_STOP, "User initiated (soon)", True, None),
+    (ec2.SELF_STOP, "User initiated (2026-12-04 08:50:00)", True, None),
+    (ec2.SELF_STOP, gmt(10).replace("GMT", "UTC"), True, 600),
+    (ec2.SELF_STOP, gmt(10).replace("GMT", "PST"), True, None),
     ("Client.UserInitiatedShutdown", gmt(10), False, None),
     (None, "", False, None), (ec2.SELF_STOP, gmt(-5), True, 0)])
 def test_a_self_stop_is_read_from_the_state_reason_and_its_time_from_the_transition(code, reason, itself,
@@ -1086,3 +1089,11 @@ def test_garbage_from_the_cli_during_a_start_is_one_line_never_a_traceback(monke
     monkeypatch.setattr(ec2, "find_instance", lambda p: found)
     with pytest.raises(ec2.Failure, match=f"^instance {INSTANCE_ID} is unknown; it cannot be started again$"):
         ec2.start_instance(profile(), stopped(), "s")
+
+
+@pytest.mark.parametrize("argv", [["--idle-stop"], ["--idle-stop", "1h"], ["--keep", "3h"]])
+def test_idle_stop_and_keep_never_start_a_stopped_instance(stopped_gpu, argv):
+    run, aws, waits = stopped_gpu
+    status, _, _, err = run("yes", *argv)
+    assert status == 1 and err == f"ec2: instance {INSTANCE_ID} is stopped; `ec2 -H gpu --start` starts it\n"
+    assert [call[1] for call in aws.calls] == ["describe-instances"]
