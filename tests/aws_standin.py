@@ -6,9 +6,9 @@ as one JSON line, to $EC2_TEST_AWS_LOG, and then:
   ec2-instance-connect open-tunnel ... --remote-port P
       relay stdin and stdout to port P of $EC2_TEST_TUNNEL_HOST, as the two
       AWS services do to the instance (the host is a test's own sandbox);
-      until the time $EC2_TEST_SSM_CONNECTED_AFTER (seconds since the epoch),
-      start-session says TargetNotConnected instead, as the CLI does for a
-      minute or more after a start;
+      its first $EC2_TEST_SSM_REFUSALS runs (counted in the file
+      $EC2_TEST_SSM_REFUSED) say TargetNotConnected instead, as the CLI does
+      for a minute or more after a start;
   ssm describe-instance-information   print $EC2_TEST_SSM_ANSWER;
   ec2 describe-instance-connect-endpoints   print $EC2_TEST_EICE_ANSWER;
   --version   print $EC2_TEST_AWS_VERSION, when it is set (on stderr, as
@@ -25,7 +25,6 @@ import os
 import selectors
 import socket
 import sys
-import time
 
 
 def relay(host, port):
@@ -50,6 +49,18 @@ def relay(host, port):
                 os.write(1, data)
 
 
+def refused(refusals):
+    """Whether this run is one of the first REFUSALS, as $EC2_TEST_SSM_REFUSED counts them."""
+    if not refusals:
+        return False
+    with open(os.environ["EC2_TEST_SSM_REFUSED"], "a+") as count:
+        count.seek(0)
+        if len(count.read()) >= refusals:
+            return False
+        count.write("x")
+    return True
+
+
 def after(args, option):
     return args[args.index(option) + 1]
 
@@ -65,7 +76,7 @@ def main():
               ("ec2-instance-connect", "send-ssh-public-key"): "EC2_TEST_SEND_KEY_ANSWER",
               ("ec2", "stop-instances"): "EC2_TEST_STOP_ANSWER"}.get(tuple(command))
     if command == ["ssm", "start-session"]:
-        if time.time() < float(os.environ.get("EC2_TEST_SSM_CONNECTED_AFTER", "0")):
+        if refused(int(os.environ.get("EC2_TEST_SSM_REFUSALS", "0"))):
             print(f"\nAn error occurred (TargetNotConnected) when calling the StartSession operation:"
                   f" {after(args, '--target')} is not connected.\n", file=sys.stderr)
             return 254

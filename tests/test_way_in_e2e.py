@@ -281,13 +281,14 @@ def test_a_stopped_instance_starts_when_ssh_connects_through_its_host_block(worl
 def test_a_stopped_instance_starts_through_ssm_which_takes_a_session_some_seconds_later(world, host, moto,
                                                                                      tmp_path):
     # After the start SSM knows the instance (ConnectionLost), and its start-session says
-    # TargetNotConnected for 4 s, as it does for a minute or more after an instance starts.
+    # TargetNotConnected twice, as it does for a minute or more after an instance starts.
     config, _ = generated_config(world, host, tmp_path, auto_start="yes")
     lost = json.dumps({"InstanceInformationList": [{"InstanceId": world["id"],
                                                     "PingStatus": "ConnectionLost"}]})
     moto.aws("ec2", "stop-instances", "--instance-ids", world["id"])
     before = len(tunnels(world))
-    env = {**own(world), "EC2_TEST_SSM_ANSWER": lost, "EC2_TEST_SSM_CONNECTED_AFTER": str(time.time() + 4)}
+    env = {**own(world), "EC2_TEST_SSM_ANSWER": lost, "EC2_TEST_SSM_REFUSALS": "2",
+           "EC2_TEST_SSM_REFUSED": str(tmp_path / "refused")}
     try:
         done = subprocess.run(["ssh", "-F", str(config), "tun", "echo", "reached"], env=env,
                               capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
@@ -295,7 +296,8 @@ def test_a_stopped_instance_starts_through_ssm_which_takes_a_session_some_second
         moto.aws("ec2", "start-instances", "--instance-ids", world["id"])  # as the other tests want it
     assert (done.returncode, done.stdout) == (0, "reached\n"), done.stderr
     assert f"ec2: {world['id']} ({world['name']}): running, waiting for SSM, " in done.stderr
-    assert len(tunnels(world)) - before >= 3  # refused, then the one that answered, then ssh's own
+    assert (tmp_path / "refused").read_text() == "xx"
+    assert len(tunnels(world)) - before == 4  # refused twice, then the one that answered, then ssh's own
 
 
 def test_two_connections_at_once_to_a_stopped_instance_both_connect(world, host, moto, tmp_path):

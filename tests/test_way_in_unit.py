@@ -1097,3 +1097,16 @@ def test_idle_stop_and_keep_never_start_a_stopped_instance(stopped_gpu, argv):
     status, _, _, err = run("yes", *argv)
     assert status == 1 and err == f"ec2: instance {INSTANCE_ID} is stopped; `ec2 -H gpu --start` starts it\n"
     assert [call[1] for call in aws.calls] == ["describe-instances"]
+
+
+def test_an_answer_the_terminal_s_encoding_cannot_read_is_asked_again(monkeypatch, capsys):
+    class Garbled(Keyboard):
+        def readline(self):
+            if not hasattr(self, "garbled"):
+                self.garbled = True
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+            return super().readline()
+
+    monkeypatch.setattr(sys, "stdin", Garbled("y\n"))
+    assert ec2.auto_start(profile(), stopped(), "s", True, NOW) is True
+    assert capsys.readouterr().err.count("start it? [Y/n] ") == 2
