@@ -417,20 +417,62 @@ def test_a_remembered_address_that_does_not_answer_is_looked_up_again(tmp_path, 
     assert destination(recorder.argv()) == "127.0.0.3" and len(calls()) == 2
 
 
-def test_a_remembered_private_address_is_not_tried_first(tmp_path, recorder):
+def test_a_remembered_private_address_is_tried_too_and_asked_about_again_when_silent(tmp_path, recorder):
+    # A console stop leaves a private address silent; asking again finds the instance stopped.
     from test_process import with_terminal
 
     calls, env = remembering(tmp_path, public=None)
-    described_at(env, None, private="127.0.0.4")  # on loopback, should a break try it
+    described_at(env, None, private="127.0.0.4")
     recorder.env.update(env, PATH=f"{recorder.bin}{os.pathsep}{env['PATH']}")
     config = tmp_path / "ec2.ini"
     config.write_text(f"[vpn]\ninstance = {INSTANCE_ID}\naddress = private-ip\n")
-    with held_port() as port:  # nothing answers on it at 127.0.0.4
+
+    def connect(port):
+        return with_terminal(recorder, "--config", str(config), "-H", "vpn", "work", "--", "-p", str(port))
+
+    with socket.socket() as sshd:
+        sshd.bind(("127.0.0.4", 0))
+        sshd.listen()
+        port = sshd.getsockname()[1]
         for _ in range(2):
-            done = with_terminal(recorder, "--config", str(config), "-H", "vpn", "work", "--",
-                                 "-p", str(port))
+            done = connect(port)
             assert done.returncode == 0 and done.stderr == "" and destination(recorder.argv()) == "127.0.0.4"
-    assert len(calls()) == 1
+        assert len(calls()) == 1  # the second was remembered, and answered
+    done = connect(port)  # nothing answers there now
+    assert done.returncode == 0 and destination(recorder.argv()) == "127.0.0.4"
+    assert done.stderr == f"ec2: {INSTANCE_ID} does not answer at 127.0.0.4; asking AWS where it is now\n"
+    assert len(calls()) == 2
+
+
+def through_ssm(tmp_path):
+    """remembering()'s, for an instance with no public address that SSM has."""
+    calls, env = remembering(tmp_path, public=None)
+    env["EC2_TEST_SSM_ANSWER"] = json.dumps({"InstanceInformationList": [{"PingStatus": "Online"}]})
+    env["EC2_TEST_EICE_ANSWER"] = json.dumps({"InstanceConnectEndpoints": []})
+    return calls, env
+
+
+def test_through_a_tunnel_the_instances_state_is_asked_again_and_ssms_answer_remembered(tmp_path):
+    calls, env = through_ssm(tmp_path)
+    first = run(env, "-H", INSTANCE_ID, "--dry-run", "work")
+    assert first.returncode == 0 and "connecting through SSM" in first.stderr, first.stderr
+    asked = calls()
+    assert ["ssm", "describe-instance-information"] in asked
+    again = run(env, "-H", INSTANCE_ID, "--dry-run", "work")
+    assert (again.stdout, again.stderr) == (first.stdout, first.stderr)  # the route said once
+    assert calls() == asked + [["ec2", "describe-instances"]]
+
+
+def test_an_instance_stopped_since_its_remembered_answer_is_seen_stopped_through_a_tunnel(tmp_path):
+    calls, env = through_ssm(tmp_path)
+    assert run(env, "-H", INSTANCE_ID, "--dry-run", "work").returncode == 0
+    described = json.loads(env["EC2_TEST_DESCRIBE"])
+    described["Reservations"][0]["Instances"][0]["State"]["Name"] = "stopped"  # from the console
+    env["EC2_TEST_DESCRIBE"] = json.dumps(described)
+    done = run(env, "-H", INSTANCE_ID, "--dry-run", "work")
+    assert done.returncode == 1 and done.stderr == (
+        f"ec2: instance {INSTANCE_ID} is stopped; a connection would ask to start it first (auto_start),"
+        " and --dry-run starts nothing\n")
 
 
 def test_proxy_tries_a_remembered_address_briefly_then_asks_again(tmp_path, proxy):

@@ -858,7 +858,7 @@ def test_a_remembered_stopped_instance_is_asked_about_again_before_anything_is_s
     def find(profile):  # the first answer is a remembered one: stopped, ten minutes ago
         found.append(bool(profile.answers.known))
         if len(found) == 1:
-            profile.answers.used = True
+            profile.answers.used = {ec2.INSTANCE_QUESTION}
             return stopped()
         return instance("ec2-3.example")  # started meanwhile, from elsewhere
 
