@@ -17,7 +17,8 @@ as one JSON line, to $EC2_TEST_AWS_LOG, and then:
   ec2-instance-connect send-ssh-public-key   print $EC2_TEST_SEND_KEY_ANSWER, when set;
   ec2 stop-instances   print $EC2_TEST_STOP_ANSWER, when set;
 and hands anything else to the real AWS CLI (moto, in the tests), found when
-conftest.py installed it.
+conftest.py installed it; but a price request (pricing, or Spot price history)
+with no endpoint of a test's own is refused as IAM would, never sent to AWS.
 """
 
 import json
@@ -90,6 +91,12 @@ def main():
     if canned and canned in os.environ:
         print(os.environ[canned])
         return 0
+    if (command[:1] == ["pricing"] and not os.environ.get("AWS_ENDPOINT_URL_PRICING", os.environ.get(
+            "AWS_ENDPOINT_URL")) or command == ["ec2", "describe-spot-price-history"]
+            and not os.environ.get("AWS_ENDPOINT_URL")):
+        print("\nAn error occurred (AccessDeniedException) when calling the GetProducts operation:"
+              " aws_standin: no endpoint of the test's own\n", file=sys.stderr)
+        return 254
     here = os.environ["EC2_TEST_AWS_HERE"]  # the directory of the `aws` that ran this
     os.environ["PATH"] = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != here)
     real = os.environ["EC2_TEST_REAL_AWS"]  # by its path where it was found, as conftest installed this

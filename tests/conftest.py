@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from price_list import PriceList
 
 ROOT = Path(__file__).resolve().parent.parent
 EC2 = ROOT / "ec2"
@@ -276,7 +277,7 @@ class FakeAws:
         self.calls, self.answers = [], list(answers)
         monkeypatch.setattr(ec2, "aws", self)
 
-    def __call__(self, profile, *args):
+    def __call__(self, profile, *args, **how):  # how: aws()'s region and timeout
         self.calls.append(args)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
@@ -310,8 +311,11 @@ class Moto:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                      env={**os.environ, **(env or {})})
         assert self.proc.stdout.readline() == "ready\n"
+        # moto has no Price List API; a stand-in answers at once, as IAM does without pricing:GetProducts.
+        self.prices = PriceList("denied")
         self.env = {
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ENDPOINT_URL_PRICING": self.prices.env["AWS_ENDPOINT_URL_PRICING"],
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -321,7 +325,10 @@ class Moto:
             "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
         }
-        self.image = self.aws("ec2", "describe-images")["Images"][0]["ImageId"]
+        images = self.aws("ec2", "describe-images")["Images"]
+        self.image = images[0]["ImageId"]
+        # An AMI moto says nothing of a platform for: Linux, as a correct ec2 prices it.
+        self.linux_image = next(i["ImageId"] for i in images if not i.get("Platform"))
 
     def aws(self, *args, env=None):
         base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -330,16 +337,18 @@ class Moto:
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout or "{}")
 
-    def launch(self, name, instance_type="t3.micro", subnet=None, private_ip=None):
-        """A new running instance with that Name tag; returns its id.
+    def launch(self, name, instance_type="t3.micro", subnet=None, private_ip=None, image=None, spot=False):
+        """A new running instance with that Name tag, of IMAGE (else moto's first, a Windows
+        AMI), on demand unless SPOT; returns its id.
 
         In a SUBNET of the test's own (see private_subnet), it has no public address.
         """
         tags = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}]
         where = (["--subnet-id", subnet] if subnet else []) + (["--private-ip-address", private_ip]
                                                              if private_ip else [])
-        made = self.aws("ec2", "run-instances", "--image-id", self.image, "--instance-type",
-                        instance_type, "--tag-specifications", json.dumps(tags), *where)
+        market = ["--instance-market-options", '{"MarketType": "spot"}'] if spot else []
+        made = self.aws("ec2", "run-instances", "--image-id", image or self.image, "--instance-type",
+                        instance_type, "--tag-specifications", json.dumps(tags), *where, *market)
         return made["Instances"][0]["InstanceId"]
 
     def private_subnet(self, cidr):
@@ -366,6 +375,7 @@ class Moto:
     def stop(self):
         self.proc.stdin.close()
         stop_pid(self.proc.pid)
+        self.prices.close()
 
 
 @pytest.fixture(scope="module")

@@ -345,8 +345,9 @@ def test_status_and_stop_through_the_command_line(ec2_run, monkeypatch):
     running = {**instance("ec2-1.example"), "InstanceType": "g5.xlarge"}
     aws = Aws(monkeypatch, describe_instances=described(running), stop_instances={})
     assert ec2_run("-H", INSTANCE_ID, "--status")[:3] == (
-        0, None, f"{INSTANCE_ID}  -  running  g5.xlarge  ec2-1.example\n")
-    assert ec2_run("-H", INSTANCE_ID, "--stop")[:3] == (0, None, f"stopping instance {INSTANCE_ID}\n")
+        0, None, f"{INSTANCE_ID}  -  running  g5.xlarge  ec2-1.example  up ?, ?/h, ? since start\n")
+    assert ec2_run("-H", INSTANCE_ID, "--stop")[:3] == (
+        0, None, f"stopping instance {INSTANCE_ID}: up ?, ?/h, ? since start\n")
     described_twice = [("ec2", "describe-instances")] * 2
     assert [call[:2] for call in aws.calls] == described_twice + [("ec2", "stop-instances")]
 

@@ -1,8 +1,10 @@
 """main(argv) with os.execvp replaced by a recorder: what ec2 decides to run."""
 
+import io
 import json
 import os
 import socket
+import sys
 
 import pytest
 
@@ -584,7 +586,7 @@ def test_require_running_lets_a_running_instance_through():
 
 
 @pytest.mark.parametrize("state, stops, said", [
-    ("running", True, "stopping instance i-01234567 (gpu)\n"),
+    ("running", True, "stopping instance i-01234567 (gpu): up ?, ?/h, ? since start\n"),  # nothing to price
     ("pending", True, "stopping instance i-01234567 (gpu)\n"),
     ("stopped", False, "instance i-01234567 (gpu) is already stopped\n"),
     ("stopping", False, "instance i-01234567 (gpu) is already stopping\n"),
@@ -620,11 +622,13 @@ def test_instance_table_puts_running_first_and_names_the_profile():
              "PrivateIpAddress": "10.0.0.7"},
             instance("i-0000000c", "running")]
     lines = ec2.instance_table(rows, [profile_for("beta"), profile_for("i-0000000a")], now,
-                               {"i-0000000b": "1h", "i-0000000c": None, "i-0000000a": "?"})
+                               {"i-0000000b": "1h", "i-0000000c": None, "i-0000000a": "?"},
+                               {"i-0000000b": ec2.Price(1.006, False)})
     assert [line.split() for line in lines] == [
-        ["beta", "i-0000000b", "running", "-", "10.0.0.7", "1h", "30m", "idle-stop=1h", "gpu"],
-        ["-", "i-0000000c", "running", "-", "-", "-", "-", "-"],
-        ["alpha", "i-0000000a", "stopped", "-", "-", "-", "idle-stop=?", "gpu"],
+        ["beta", "i-0000000b", "running", "-", "10.0.0.7", "1h", "30m", "$1.006/h", "$1.51", "idle-stop=1h",
+         "gpu"],
+        ["-", "i-0000000c", "running", "-", "-", "-", "?", "?", "-", "-"],  # no price: ?
+        ["alpha", "i-0000000a", "stopped", "-", "-", "-", "-", "-", "idle-stop=?", "gpu"],
     ]
     assert len({line.index("running") for line in lines[:2]}) == 1  # aligned
 
@@ -696,3 +700,296 @@ def test_editors_and_github_read_ec2_as_python_though_it_starts_as_sh():
     assert "# vim: set filetype=python:" in lines[:5]  # vim reads a modeline in the first five
     attributes = (ROOT / ".gitattributes").read_text().splitlines()
     assert "ec2 linguist-language=Python" in attributes  # GitHub's linguist
+
+
+# --- what it costs -------------------------------------------------------------
+
+PRICE_LIST = json.loads((ROOT / "tests" / "price_g5.xlarge.json").read_text())
+G5_TERMS = {"instanceType": "g5.xlarge", "regionCode": "us-east-1", "operatingSystem": "Linux",
+            "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used",
+            "licenseModel": "No License required"}
+
+
+def priced(state="running", **fields):
+    """A g5.xlarge in us-east-1a, launched 3h 25m before NOW (below)."""
+    return {**instance("i-0abc", state, "gpu-box"), "InstanceType": "g5.xlarge",
+            "Placement": {"AvailabilityZone": "us-east-1a"}, "PlatformDetails": "Linux/UNIX",
+            "LaunchTime": "2026-12-04T08:35:00.000Z", **fields}
+
+
+def at_now():
+    from datetime import datetime, timezone
+
+    return datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("dollars, said", [(0.0104, "$0.0104/h"), (1.006, "$1.006/h"), (32.77, "$32.77/h"),
+                                           (0.526, "$0.526/h"), (1.2, "$1.20/h"), (0.00001, "$0.00001/h"),
+                                           (98.32, "$98.32/h"), (0.1, "$0.10/h"), (12.3456, "$12.35/h")])
+def test_an_hourly_price_has_four_significant_digits_and_at_least_two_decimals(dollars, said):
+    assert ec2.per_hour(dollars) == said
+
+
+@pytest.mark.parametrize("dollars, said", [(3.44, "$3.44"), (2430.4, "$2,430"), (999.994, "$999.99"),
+                                           (1000, "$1,000"), (0.004, "$0.00")])
+def test_a_cost_has_cents_below_1000_dollars_and_whole_dollars_above(dollars, said):
+    assert ec2.amount(dollars) == said
+
+
+def test_the_list_price_of_the_real_g5_xlarge_answer_is_its_hourly_on_demand_price():
+    assert ec2.list_price(PRICE_LIST, G5_TERMS) == 1.006  # the Reserved term beside it is not taken
+
+
+def product(**change):
+    """The g5.xlarge product, as a dict, with CHANGE applied to it (a function of it)."""
+    item = json.loads(PRICE_LIST["PriceList"][0])
+    for step in change.values():
+        step(item)
+    return item
+
+
+def dimension(item):
+    return next(iter(next(iter(item["terms"]["OnDemand"].values()))["priceDimensions"].values()))
+
+
+@pytest.mark.parametrize("answer", [
+    {"PriceList": []},  # none
+    {"PriceList": PRICE_LIST["PriceList"] * 2},  # several
+    {"PriceList": "x"}, {}, {"PriceList": [None]}, {"PriceList": ["{not json"]}, {"PriceList": [[]]},
+    {"PriceList": [product(terms=lambda i: i.pop("terms"))]},
+    {"PriceList": [product(two=lambda i: i["terms"]["OnDemand"].update(x=i["terms"]["Reserved"]))]},
+    {"PriceList": [product(unit=lambda i: dimension(i).update(unit="Quantity"))]},
+    {"PriceList": [product(usd=lambda i: dimension(i).update(pricePerUnit={"USD": "abc"}))]},
+    {"PriceList": [product(usd=lambda i: dimension(i).update(pricePerUnit={"USD": "-1.0"}))]},
+    {"PriceList": [product(usd=lambda i: dimension(i).update(pricePerUnit={"USD": "nan"}))]},
+    {"PriceList": [product(usd=lambda i: dimension(i).update(pricePerUnit={"USD": 1.006}))]},
+    {"PriceList": [product(usd=lambda i: dimension(i).update(pricePerUnit={"EUR": "1.0"}))]},
+    {"PriceList": [product(other=lambda i: i["product"]["attributes"].update(instanceType="g5.2xlarge"))]},
+    {"PriceList": [product(other=lambda i: i["product"]["attributes"].update(regionCode="us-west-2"))]},
+    {"PriceList": [product(other=lambda i: i["product"]["attributes"].update(operatingSystem="Windows"))]},
+])
+def test_a_price_list_answer_of_several_products_none_or_another_shape_gives_no_price(answer):
+    assert ec2.list_price(answer, G5_TERMS) is None
+
+
+def test_the_spot_price_is_the_latest_entry_for_the_instance_s_zone():
+    def entry(zone, when, price, kind="g5.xlarge", product="Linux/UNIX"):
+        return {"AvailabilityZone": zone, "InstanceType": kind, "ProductDescription": product,
+                "SpotPrice": price, "Timestamp": when}
+
+    answer = {"SpotPriceHistory": [
+        entry("us-east-1a", "2026-12-04T09:00:00.000Z", "0.4100"),
+        entry("us-east-1a", "2026-12-04T11:00:00.000Z", "0.4021"),  # the latest of its zone
+        entry("us-east-1b", "2026-12-04T11:30:00.000Z", "0.3000"),  # another zone, later
+        entry("us-east-1a", "2026-12-04T11:45:00.000Z", "0.1000", kind="g5.2xlarge"),
+        entry("us-east-1a", "2026-12-04T11:50:00.000Z", "0.2000", product="Windows"),
+        entry("us-east-1a", "not a time", "0.5000"),
+        entry("us-east-1a", "2026-12-04T10:00:00.000Z", "0.3900", product="Linux/UNIX (Amazon VPC)"),
+    ]}
+    assert ec2.spot_price(answer, "g5.xlarge", "us-east-1a", "Linux/UNIX") == 0.4021
+    assert ec2.spot_price({"SpotPriceHistory": []}, "g5.xlarge", "us-east-1a", "Linux/UNIX") is None
+    assert ec2.spot_price({"SpotPriceHistory": "x"}, "g5.xlarge", "us-east-1a", "Linux/UNIX") is None
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({}, "us-east-1 g5.xlarge Linux"),
+    ({"PlatformDetails": "Windows"}, "us-east-1 g5.xlarge Windows"),
+    ({"PlatformDetails": None, "Platform": "windows"}, "us-east-1 g5.xlarge Windows"),  # as moto says it
+    ({"PlatformDetails": "Red Hat Enterprise Linux"}, "us-east-1 g5.xlarge RHEL"),
+    ({"PlatformDetails": "Windows with SQL Server Standard"}, None),  # not priced: never a wrong price
+    ({"Placement": {"AvailabilityZone": "us-west-2-lax-1a"}}, "us-west-2-lax-1 g5.xlarge Linux"),
+    ({"Placement": {}}, None),
+    ({"InstanceType": None}, None),
+    ({"InstanceLifecycle": "spot"}, "spot us-east-1a g5.xlarge Linux/UNIX"),
+])
+def test_what_prices_an_instance_its_type_region_platform_and_whether_it_is_spot(fields, key):
+    question = ec2.price_question(priced(**fields), at_now())
+    assert (question and question[0]) == key
+
+
+def test_the_price_list_is_asked_in_us_east_1_with_the_filters_that_leave_one_product():
+    in_ireland = priced(Placement={"AvailabilityZone": "eu-west-1b"})
+    key, words, region, read = ec2.price_question(in_ireland, at_now())
+    assert region == "us-east-1" and words[:2] == ["pricing", "get-products"]
+    filters = {f["Field"]: f["Value"] for f in json.loads(words[words.index("--filters") + 1])}
+    assert filters == {**G5_TERMS, "regionCode": "eu-west-1"}
+    assert all(f["Type"] == "TERM_MATCH" for f in json.loads(words[words.index("--filters") + 1]))
+
+
+class PriceAws:
+    """ec2.aws for prices: answers get-products with the g5.xlarge answer (or ANSWER), and
+    describe-spot-price-history with one entry; counts the calls, and where they were asked."""
+
+    def __init__(self, monkeypatch, answer=PRICE_LIST):
+        self.calls, self.answer = [], answer
+        monkeypatch.setattr(ec2, "aws", self)
+
+    def __call__(self, profile, *args, region=None, timeout=None):
+        self.calls.append((args[:2], region, timeout))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        if args[1] == "describe-spot-price-history":
+            return {"SpotPriceHistory": [{"AvailabilityZone": "us-east-1a", "InstanceType": "g5.xlarge",
+                                          "ProductDescription": "Linux/UNIX", "SpotPrice": "0.402",
+                                          "Timestamp": "2026-12-04T11:00:00Z"}]}
+        return self.answer
+
+
+def test_prices_are_remembered_a_day_in_a_private_file_a_second_listing_asks_nothing(monkeypatch, tmp_path):
+    aws = PriceAws(monkeypatch)
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    first = ec2.prices(profile_for("gpu"), [priced()], env)
+    assert first == {"i-0abc": ec2.Price(1.006, False)}
+    assert aws.calls == [(("pricing", "get-products"), "us-east-1", 10)]  # 10 s at most
+    assert ec2.prices(profile_for("gpu"), [priced()], env) == first and len(aws.calls) == 1
+    kept = tmp_path / "ec2" / "prices"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    known = json.loads(kept.read_text())
+    (key,) = known
+    known[key][0] -= 86400 - 60  # a minute short of a day
+    kept.write_text(json.dumps(known))
+    assert ec2.prices(profile_for("gpu"), [priced()], env) == first and len(aws.calls) == 1
+    known[key][0] -= 120  # a day old
+    kept.write_text(json.dumps(known))
+    assert ec2.prices(profile_for("gpu"), [priced()], env) == first and len(aws.calls) == 2
+
+
+def test_a_spot_price_is_remembered_an_hour(monkeypatch, tmp_path):
+    aws = PriceAws(monkeypatch)
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    spot = priced(InstanceLifecycle="spot")
+    assert ec2.prices(profile_for("gpu"), [spot], env) == {"i-0abc": ec2.Price(0.402, True)}
+    assert aws.calls[0][:2] == (("ec2", "describe-spot-price-history"), None)  # the instance's own region
+    kept = tmp_path / "ec2" / "prices"
+    known = json.loads(kept.read_text())
+    known["spot us-east-1a g5.xlarge Linux/UNIX"][0] -= 3600 - 60
+    kept.write_text(json.dumps(known))
+    ec2.prices(profile_for("gpu"), [spot], env)
+    assert len(aws.calls) == 1  # a minute short of an hour
+    known["spot us-east-1a g5.xlarge Linux/UNIX"][0] -= 120
+    kept.write_text(json.dumps(known))
+    ec2.prices(profile_for("gpu"), [spot], env)
+    assert len(aws.calls) == 2
+
+
+def test_a_price_that_cannot_be_had_is_unknown_and_asked_again_only_after_an_hour(monkeypatch, tmp_path):
+    aws = PriceAws(monkeypatch, ec2.Failure("aws: An error occurred (AccessDeniedException) when calling"
+                                            " the GetProducts operation: no"))
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert ec2.prices(profile_for("gpu"), [priced()], env) == {"i-0abc": ec2.Price(None, False)}
+    assert ec2.prices(profile_for("gpu"), [priced()], env) == {"i-0abc": ec2.Price(None, False)}
+    assert len(aws.calls) == 1
+    kept = tmp_path / "ec2" / "prices"
+    known = json.loads(kept.read_text())
+    known["us-east-1 g5.xlarge Linux"][0] -= 3600 + 1
+    kept.write_text(json.dumps(known))
+    ec2.prices(profile_for("gpu"), [priced()], env)
+    assert len(aws.calls) == 2
+
+
+@pytest.mark.parametrize("kept", ["not json", "[]", '{"us-east-1 g5.xlarge Linux": [1e99, 5]}',
+                                  '{"us-east-1 g5.xlarge Linux": ["x", 5]}',
+                                  '{"us-east-1 g5.xlarge Linux": [0, "-3"]}'])
+def test_a_damaged_price_file_is_asked_again_never_believed(monkeypatch, tmp_path, kept):
+    aws = PriceAws(monkeypatch)
+    (tmp_path / "ec2").mkdir()
+    (tmp_path / "ec2" / "prices").write_text(kept)
+    assert ec2.prices(profile_for("gpu"), [priced()], {"XDG_CACHE_HOME": str(tmp_path)}) == {
+        "i-0abc": ec2.Price(1.006, False)}
+    assert len(aws.calls) == 1
+
+
+def test_price_requests_run_at_the_same_time(monkeypatch, tmp_path):
+    import threading
+
+    both = threading.Barrier(2, timeout=5)  # broken, and so an unknown price, if they come one by one
+
+    class Together(PriceAws):
+        def __call__(self, *args, **how):
+            both.wait()
+            return super().__call__(*args, **how)
+
+    Together(monkeypatch)
+    found = ec2.prices(profile_for("gpu"), [priced(), priced(InstanceId="i-0def", InstanceLifecycle="spot")],
+                       {"XDG_CACHE_HOME": str(tmp_path)})
+    assert found == {"i-0abc": ec2.Price(1.006, False), "i-0def": ec2.Price(0.402, True)}
+
+
+def test_without_ask_only_a_remembered_price_is_given(monkeypatch, tmp_path):
+    aws = PriceAws(monkeypatch)
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert ec2.prices(profile_for("gpu"), [priced()], env, ask=False) == {"i-0abc": ec2.Price(None, False)}
+    assert aws.calls == []
+    ec2.prices(profile_for("gpu"), [priced()], env)
+    assert ec2.prices(profile_for("gpu"), [priced()], env, ask=False) == {"i-0abc": ec2.Price(1.006, False)}
+
+
+def test_the_cost_since_start_is_the_price_times_the_time_since_the_last_start():
+    cost = ec2.since_start(priced(), ec2.Price(1.006, False), at_now())
+    assert round(cost, 4) == round(1.006 * 205 / 60, 4)
+    assert ec2.since_start(priced(), ec2.Price(None, False), at_now()) is None
+    assert ec2.since_start(priced(LaunchTime="x"), ec2.Price(1.006, False), at_now()) is None
+
+
+def test_status_says_the_uptime_the_price_and_the_cost_since_start(monkeypatch, tmp_path):
+    PriceAws(monkeypatch)
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert ec2.cost_words(profile_for("gpu"), priced(), env, at_now()) == (
+        "up 3h 25m, $1.006/h on demand, $3.44 since start")
+    assert ec2.cost_words(profile_for("gpu"), priced(InstanceLifecycle="spot"), env, at_now()) == (
+        "up 3h 25m, $0.402/h Spot, about $1.37 since start")  # approximate: the price moved meanwhile
+    assert ec2.cost_words(profile_for("gpu"), priced(PlatformDetails="Windows with SQL Server Web"), env,
+                          at_now()) == "up 3h 25m, ?/h, ? since start"
+
+
+def test_the_words_of_a_price_say_which_price_it_is():
+    assert ec2.hourly_words(ec2.Price(1.006, False)) == "$1.006/h on demand"
+    assert ec2.hourly_words(ec2.Price(0.402, True)) == "$0.402/h Spot"
+    assert not ec2.hourly_words(ec2.Price(None, False))
+
+
+def g5_table(width):
+    rows = [priced(Tags=[{"Key": "Name", "Value": "gpu-box-for-the-long-training-runs"}],
+                   PublicDnsName="ec2-3-91-10-20.compute-1.amazonaws.com", InstanceId="i-0abc1234def567890"),
+            priced(InstanceId="i-0def1234abc567890", InstanceType="p4d.24xlarge",
+                   PrivateIpAddress="10.0.1.17", Tags=[{"Key": "Name", "Value": "big"}],
+                   LaunchTime="2026-12-01T10:00:00Z"),
+            priced("stopped", InstanceId="i-0123456789abcdef0", InstanceType="t3.large",
+                   Tags=[{"Key": "Name", "Value": "old-cpu"}])]
+    costs = {"i-0abc1234def567890": ec2.Price(1.006, False), "i-0def1234abc567890": ec2.Price(32.77, False)}
+    return ec2.instance_table(rows, [profile_for("gpu-box-for-the-long-training-runs")], at_now(),
+                              {"i-0abc1234def567890": "1h"}, costs, width)
+
+
+def test_instances_fit_100_columns_by_cutting_the_widest_text_columns_never_a_number():
+    lines = g5_table(100)
+    assert max(len(line) for line in lines) <= 100
+    big, first, old = (line.split() for line in lines)  # running first, then by name
+    assert first[5:10] == ["3h", "25m", "$1.006/h", "$3.44", "idle-stop=1h"]
+    assert big[5:9] == ["3d", "2h", "$32.77/h", "$2,425"]  # 74 h at $32.77
+    assert old[2:9] == ["stopped", "t3.large", "-", "-", "-", "-", "-"]
+    assert first[0].endswith("…") and first[4].endswith("…")  # the name and the address, cut
+    assert all(line.split()[1].startswith("i-0") for line in lines)
+    assert len({line.index("$") for line in lines[:2]}) == 1  # aligned
+
+
+def test_a_column_is_cut_to_8_characters_no_fewer_and_a_spot_price_never():
+    from datetime import datetime, timezone
+
+    spot = priced(InstanceId="i-0abc1234def567890", InstanceLifecycle="spot",
+                  PublicDnsName="ec2-3-91-10-20.compute-1.amazonaws.com")
+    (line,) = ec2.instance_table([spot], [], datetime(2026, 12, 4, 12, 0, tzinfo=timezone.utc), {},
+                                 {"i-0abc1234def567890": ec2.Price(0.00001, True)}, 40)
+    assert line.split()[:5] == ["gpu-box", "i-0abc1…", "running", "g5.xlar…", "ec2-3-9…"]  # 8 at most
+    assert "$0.00001/h spot" in line and len(line) > 40  # too narrow: the line runs on
+
+
+def test_instances_are_not_cut_without_a_width_a_pipe_s():
+    lines = g5_table(None)
+    assert "gpu-box-for-the-long-training-runs" in lines[1] and "…" not in "".join(lines)
+
+
+def test_the_width_is_columns_else_the_terminal_s_and_none_in_a_pipe(monkeypatch):
+    assert ec2.terminal_width({"COLUMNS": "100"}) == 100
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert ec2.terminal_width({}) is None

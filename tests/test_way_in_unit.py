@@ -14,12 +14,13 @@ import shutil
 import socket
 import stat
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import ec2, held_port, running_once_started, write_config
+from conftest import ROOT, ec2, held_port, running_once_started, write_config
 
 INSTANCE_ID = "i-0123456789abcdef0"
 PLUGIN_PAGE = ec2.SSM_PLUGIN_PAGE
@@ -36,7 +37,7 @@ class Aws:
         monkeypatch.setattr(ec2, "aws", self)
         monkeypatch.setattr(ec2, "aws_cli_version", lambda: (self.version, f"aws-cli/{self.version}"))
 
-    def __call__(self, profile, *args):
+    def __call__(self, profile, *args, **how):  # how: aws()'s region and timeout
         self.calls.append(args)
         answer = self.answers[args[1].replace("-", "_")]
         if isinstance(answer, str):
@@ -955,7 +956,8 @@ def test_start_type_changes_the_stopped_instance_s_type_then_starts_it(typed):
     assert aws.calls[1] == ("ec2", "modify-instance-attribute", "--instance-id", INSTANCE_ID,
                             "--instance-type", '{"Value": "g5.2xlarge"}')
     assert [call[1] for call in aws.calls][2:] == ["start-instances", "describe-instances"]
-    assert err.startswith(f"ec2: {INSTANCE_ID}: type g5.xlarge -> g5.2xlarge\nec2: starting {INSTANCE_ID}\n")
+    assert err.startswith(f"ec2: {INSTANCE_ID}: type g5.xlarge -> g5.2xlarge\n"
+                          f"ec2: starting {INSTANCE_ID}, a g5.2xlarge at ?/h\n")  # no zone: no price
 
 
 def test_start_type_of_its_own_type_changes_nothing(typed):
@@ -1113,3 +1115,75 @@ def test_an_answer_the_terminal_s_encoding_cannot_read_is_asked_again(monkeypatc
     monkeypatch.setattr(sys, "stdin", Garbled("y\n"))
     assert ec2.auto_start(profile(), stopped(), "s", True, NOW) is True
     assert capsys.readouterr().err.count("start it? [Y/n] ") == 2
+
+
+# --- what a start and a stop say it costs ----------------------------------------
+
+G5 = {"InstanceType": "g5.xlarge", "Placement": {"AvailabilityZone": "us-east-1a"},
+      "PlatformDetails": "Linux/UNIX"}
+
+
+def remember_price(dollars, key="us-east-1 g5.xlarge Linux"):
+    """A price in ec2's price file, as a listing a minute ago left it."""
+    path = os.path.join(ec2.cache_dir(os.environ), "prices")
+    ec2.write_private(path, json.dumps({key: [time.time() - 60, dollars]}))
+
+
+def test_start_says_the_price_of_the_type_it_starts_as_asked_while_it_starts(monkeypatch, capsys):
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    price_list = json.loads((ROOT / "tests" / "price_g5.xlarge.json").read_text())
+    aws = Aws(monkeypatch, get_products=price_list, describe_instances=described(instance("ec2-2.example")),
+              start_instances={"StartingInstances": [{"CurrentState": {"Name": "pending"}}]})
+    ec2.start_instance(profile(), {**stopped(), **G5}, "ec2 --start", ask_price=True)
+    said = capsys.readouterr().err
+    assert said.startswith(f"ec2: starting {INSTANCE_ID}, a g5.xlarge at $1.006/h on demand\n")
+    assert ("pricing", "get-products") in [call[:2] for call in aws.calls]
+
+
+@pytest.mark.parametrize("remembered", [False, True])
+def test_a_connection_s_start_asks_no_price_and_says_a_remembered_one(stopped_gpu, remembered):
+    run, aws, waits = stopped_gpu
+    aws.answers["describe_instances"]["Reservations"][0]["Instances"][0].update(G5)
+    if remembered:
+        remember_price(1.006)
+    status, argv, _, err = run("yes", "work")
+    said = ", a g5.xlarge at $1.006/h on demand" if remembered else ""
+    assert status == "exec" and err.startswith(f"ec2: starting {INSTANCE_ID}{said}\n"), err
+    assert "pricing" not in [call[0] for call in aws.calls]
+
+
+def test_the_question_before_a_start_shows_a_remembered_price_only(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", Keyboard("y\n"))
+    assert ec2.auto_start(profile(), {**stopped(), **G5}, "ec2 -H gpu --start", True, NOW) is True
+    assert capsys.readouterr().err == f"ec2: instance {INSTANCE_ID} is stopped; start it? [Y/n] "
+    remember_price(1.006)
+    monkeypatch.setattr(sys, "stdin", Keyboard("y\n"))
+    assert ec2.auto_start(profile(), {**stopped(), **G5}, "ec2 -H gpu --start", True, NOW) is True
+    assert capsys.readouterr().err == (f"ec2: instance {INSTANCE_ID} is stopped; start it (a g5.xlarge at"
+                                       " $1.006/h on demand)? [Y/n] ")
+
+
+def test_stop_says_what_it_cost_asked_while_it_stops(monkeypatch, capsys):
+    price_list = json.loads((ROOT / "tests" / "price_g5.xlarge.json").read_text())
+    launched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2 * 3600 - 5))
+    Aws(monkeypatch, get_products=price_list, stop_instances={})
+    ec2.stop_instance(profile(), {**instance("ec2-1.example"), **G5, "LaunchTime": launched})
+    assert capsys.readouterr().out == (f"stopping instance {INSTANCE_ID}: up 2h 0m, $1.006/h on demand,"
+                                       " $2.01 since start\n")
+
+
+def test_stop_and_start_wait_for_a_price_2_s_at_most_past_aws_s_answer(monkeypatch, capsys):
+    slow = threading.Event()
+
+    class Slow(Aws):
+        def __call__(self, profile, *args, **how):
+            if args[0] == "pricing":
+                slow.wait(30)  # an endpoint that does not answer
+            return super().__call__(profile, *args, **how)
+
+    Slow(monkeypatch, get_products={}, stop_instances={})
+    began = time.monotonic()
+    ec2.stop_instance(profile(), {**instance("ec2-1.example"), **G5})
+    took = time.monotonic() - began
+    slow.set()
+    assert 1.9 < took < 3 and capsys.readouterr().out == f"stopping instance {INSTANCE_ID}\n"
