@@ -784,6 +784,7 @@ def test_the_spot_price_is_the_latest_entry_for_the_instance_s_zone():
         entry("us-east-1a", "2026-12-04T11:45:00.000Z", "0.1000", kind="g5.2xlarge"),
         entry("us-east-1a", "2026-12-04T11:50:00.000Z", "0.2000", product="Windows"),
         entry("us-east-1a", "not a time", "0.5000"),
+        entry("us-east-1a", "2026-12-04T11:59:00", "0.9000"),  # no UTC offset: not set against the others
         entry("us-east-1a", "2026-12-04T10:00:00.000Z", "0.3900", product="Linux/UNIX (Amazon VPC)"),
     ]}
     assert ec2.spot_price(answer, "g5.xlarge", "us-east-1a", "Linux/UNIX") == 0.4021
