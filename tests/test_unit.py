@@ -772,6 +772,14 @@ def test_a_price_list_answer_of_several_products_none_or_another_shape_gives_no_
     assert ec2.list_price(answer, G5_TERMS) is None
 
 
+def test_the_spot_price_is_asked_for_the_type_zone_and_platform_from_now():
+    key, words, region, read = ec2.price_question(priced(InstanceLifecycle="spot"), at_now())
+    assert region is None  # the instance's own region, the profile's
+    assert words == ["ec2", "describe-spot-price-history", "--instance-types", "g5.xlarge",
+                     "--product-descriptions", "Linux/UNIX", "--availability-zone", "us-east-1a",
+                     "--start-time", "2026-12-04T12:00:00Z"]
+
+
 def test_the_spot_price_is_the_latest_entry_for_the_instance_s_zone():
     def entry(zone, when, price, kind="g5.xlarge", product="Linux/UNIX"):
         return {"AvailabilityZone": zone, "InstanceType": kind, "ProductDescription": product,
@@ -796,6 +804,8 @@ def test_the_spot_price_is_the_latest_entry_for_the_instance_s_zone():
     ({}, "us-east-1 g5.xlarge Linux"),
     ({"PlatformDetails": "Windows"}, "us-east-1 g5.xlarge Windows"),
     ({"PlatformDetails": None, "Platform": "windows"}, "us-east-1 g5.xlarge Windows"),  # as moto says it
+    ({"PlatformDetails": None}, "us-east-1 g5.xlarge Linux"),  # moto's Linux, which says nothing
+    ({"Placement": {"AvailabilityZone": "us-east-1-wl1-bos-wlz-1"}}, None),  # Wavelength: no region read
     ({"PlatformDetails": "Red Hat Enterprise Linux"}, "us-east-1 g5.xlarge RHEL"),
     ({"PlatformDetails": "Windows with SQL Server Standard"}, None),  # not priced: never a wrong price
     ({"Placement": {"AvailabilityZone": "us-west-2-lax-1a"}}, "us-west-2-lax-1 g5.xlarge Linux"),
@@ -811,7 +821,8 @@ def test_what_prices_an_instance_its_type_region_platform_and_whether_it_is_spot
 def test_the_price_list_is_asked_in_us_east_1_with_the_filters_that_leave_one_product():
     in_ireland = priced(Placement={"AvailabilityZone": "eu-west-1b"})
     key, words, region, read = ec2.price_question(in_ireland, at_now())
-    assert region == "us-east-1" and words[:2] == ["pricing", "get-products"]
+    assert region == "us-east-1" and words[:7] == ["pricing", "get-products", "--service-code", "AmazonEC2",
+                                                   "--format-version", "aws_v1", "--filters"]
     filters = {f["Field"]: f["Value"] for f in json.loads(words[words.index("--filters") + 1])}
     assert filters == {**G5_TERMS, "regionCode": "eu-west-1"}
     assert all(f["Type"] == "TERM_MATCH" for f in json.loads(words[words.index("--filters") + 1]))
