@@ -757,6 +757,7 @@ def dimension(item):
     {"PriceList": PRICE_LIST["PriceList"] * 2},  # several
     {"PriceList": "x"}, {}, {"PriceList": [None]}, {"PriceList": ["{not json"]}, {"PriceList": [[]]},
     {"PriceList": [product(terms=lambda i: i.pop("terms"))]},
+    {"PriceList": [product(terms=lambda i: i["terms"].update(OnDemand=[]))]},
     {"PriceList": [product(two=lambda i: i["terms"]["OnDemand"].update(x=i["terms"]["Reserved"]))]},
     {"PriceList": [product(unit=lambda i: dimension(i).update(unit="Quantity"))]},
     {"PriceList": [product(usd=lambda i: dimension(i).update(pricePerUnit={"USD": "abc"}))]},
@@ -793,11 +794,17 @@ def test_the_spot_price_is_the_latest_entry_for_the_instance_s_zone():
         entry("us-east-1a", "2026-12-04T11:50:00.000Z", "0.2000", product="Windows"),
         entry("us-east-1a", "not a time", "0.5000"),
         entry("us-east-1a", "2026-12-04T11:59:00", "0.9000"),  # no UTC offset: not set against the others
+        "not an entry",
         entry("us-east-1a", "2026-12-04T10:00:00.000Z", "0.3900", product="Linux/UNIX (Amazon VPC)"),
     ]}
     assert ec2.spot_price(answer, "g5.xlarge", "us-east-1a", "Linux/UNIX") == 0.4021
     assert ec2.spot_price({"SpotPriceHistory": []}, "g5.xlarge", "us-east-1a", "Linux/UNIX") is None
     assert ec2.spot_price({"SpotPriceHistory": "x"}, "g5.xlarge", "us-east-1a", "Linux/UNIX") is None
+    in_a_vpc = {"SpotPriceHistory": [entry("us-east-1a", "2026-12-04T11:00:00Z", "0.39", "g5.xlarge",
+                                           "Linux/UNIX (Amazon VPC)")]}
+    assert ec2.spot_price(in_a_vpc, "g5.xlarge", "us-east-1a", "Linux/UNIX") == 0.39  # as moto writes it
+    a_number = {"SpotPriceHistory": [{**entry("us-east-1a", "2026-12-04T11:00:00Z", "0"), "SpotPrice": 0.4}]}
+    assert ec2.spot_price(a_number, "g5.xlarge", "us-east-1a", "Linux/UNIX") is None  # AWS writes a string
 
 
 @pytest.mark.parametrize("fields, key", [
